@@ -1,0 +1,372 @@
+"""The stages wired for a batch: screen → probe → escalate, each a function over a batch.
+
+The batch command calls :meth:`Pipeline.score`; the stream agents call the three stages separately,
+carrying :class:`Screened` and :class:`Escalation` items between workers on Kafka topics. Both run
+exactly this code, so a record is the same whichever path produced it.
+
+Models load once per :class:`Pipeline` (and the encoder and student bases once per process, through
+the loaders' caches): one embedding per article per encoder, shared by every filter's probe and by the
+commerce classifier; one student base per base model, with one LoRA adapter per filter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from scoring.aggregate import PercentileNormalizer, aggregate
+from scoring.article import Article
+from scoring.calibration import Calibration
+from scoring.commerce import CommerceDetector, CommerceEvidence
+from scoring.embedding import Embedder, load_embedder
+from scoring.exceptions import ScoringError
+from scoring.package import FilterPackage, resolve_many
+from scoring.prefilter import Prefilter
+from scoring.probe import Probe
+from scoring.records import (
+    CommerceResult,
+    DimensionScore,
+    FilterRef,
+    Normalized,
+    PrefilterResult,
+    ScoreRecord,
+    StageUsed,
+)
+from scoring.settings import ScoringSettings, resolve_device
+from scoring.student import StudentPool
+from scoring.text import article_text
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Screened(_Wire):
+    """An article past validation and prefilters, on its way to the embedding stage."""
+
+    article: Article
+    text: str
+    commerce: CommerceEvidence | None = None
+    open_filters: dict[str, PrefilterResult] = Field(description="filter name -> its (passed) prefilter result")
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class Escalation(_Wire):
+    """A (article, filter) pair whose probe estimate reached the filter's escalation threshold."""
+
+    article_id: str
+    text: str
+    filter: str
+    package_hash: str
+    stage1_raw: list[float]
+    stage1_estimate: float
+    prefilter: PrefilterResult
+    commerce: CommerceResult | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def adapter(self) -> str:
+        return self.filter
+
+
+@dataclass
+class LoadedFilter:
+    """A filter package with its runtime parts opened."""
+
+    package: FilterPackage
+    prefilter: Prefilter
+    probe: Probe
+    calibration: Calibration
+    normalizer: PercentileNormalizer | None
+    ref: FilterRef = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ref = FilterRef(name=self.package.name, version=self.package.version,
+                             package_hash=self.package.package_hash)
+
+    @property
+    def name(self) -> str:
+        return self.package.name
+
+    @property
+    def embedding_key(self) -> tuple[str, int, int]:
+        """Filters with equal keys share one embedding per article."""
+        cfg = self.package.config
+        return (cfg.stage1.embedding_model, cfg.preprocessing.head_tokens, cfg.preprocessing.tail_tokens)
+
+    @classmethod
+    def open(cls, package: FilterPackage, *, device: str = "cpu") -> LoadedFilter:
+        package.require_files()
+        cfg = package.config
+        probe = Probe.load(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta), device=device)
+        if list(probe.dimensions) != cfg.dimension_names:
+            raise ScoringError(f"probe of {package.ref} predicts {probe.dimensions}, config has "
+                               f"{cfg.dimension_names}", filter=package.ref)
+        calibration = Calibration.load(package.file(cfg.calibration) if cfg.calibration else None)
+        normalizer = PercentileNormalizer.load(package.file(cfg.normalization)) if cfg.normalization else None
+        return cls(package=package, prefilter=Prefilter(cfg.prefilter), probe=probe, calibration=calibration,
+                   normalizer=normalizer)
+
+    def model_hashes(self, commerce: CommerceDetector | None) -> dict[str, str]:
+        hashes = dict(self.package.model_hashes)
+        if commerce is not None:
+            hashes["commerce"] = commerce.package_hash
+        return hashes
+
+
+@dataclass
+class Pipeline:
+    """Every stage for a set of filters. Not thread-safe: one per worker loop."""
+
+    filters: dict[str, LoadedFilter]
+    commerce: CommerceDetector | None
+    device: str = "cpu"
+    stage1_batch: int = 64
+    stage2_batch: int = 16
+    students: StudentPool | None = None
+
+    @classmethod
+    def load(cls, refs: str | Sequence[str] | Sequence[FilterPackage], *,
+             settings: ScoringSettings | None = None, commerce: bool = True) -> Pipeline:
+        settings = settings or ScoringSettings.from_env()
+        device = resolve_device(settings.device)
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        if isinstance(refs, str) or (refs and isinstance(refs[0], str)):
+            packages = resolve_many(list(refs) if not isinstance(refs, str) else refs,
+                                    list(settings.filters_path) or None)
+        else:
+            packages = list(refs)  # type: ignore[arg-type]
+        detector = CommerceDetector.load(settings.commerce_package) if commerce else None
+        pipeline = cls(filters={}, commerce=detector, device=device, stage1_batch=settings.stage1_batch,
+                       stage2_batch=settings.stage2_batch)
+        for package in packages:  # type: ignore[assignment]
+            pipeline.add(package)
+        return pipeline
+
+    # -- filter set management (hot reload swaps one filter at a time) ---------------------------
+
+    def add(self, package: FilterPackage) -> LoadedFilter:
+        """Open a package and make it live, replacing an older version of the same filter."""
+        loaded = LoadedFilter.open(package, device=self.device)
+        if package.has_stage2:
+            if self.students is None:
+                self.students = StudentPool(device=self.device, batch_size=self.stage2_batch)
+            self.students.register(package)
+        old = self.filters.get(package.name)
+        self.filters[package.name] = loaded
+        if old is not None and old.package.ref != package.ref and self.students is not None \
+                and old.package.has_stage2:
+            self.students.unregister(old.package.ref)
+        load_embedder(package.config.stage1.embedding_model, self.device)
+        return loaded
+
+    def remove(self, name: str) -> None:
+        old = self.filters.pop(name, None)
+        if old is not None and old.package.has_stage2 and self.students is not None:
+            self.students.unregister(old.package.ref)
+
+    # -- stage 0: validation + prefilters ---------------------------------------------------------
+
+    def _blocked(self, loaded: LoadedFilter, article_id: str, stage: StageUsed, prefilter: PrefilterResult,
+                 commerce: CommerceResult | None, timings: dict[str, float]) -> ScoreRecord:
+        cfg = loaded.package.config
+        agg = aggregate(cfg, [0.0] * len(cfg.dimensions))
+        return ScoreRecord(article_id=article_id, filter=loaded.ref, model_hashes=loaded.model_hashes(self.commerce),
+                           stage=stage, weighted_average=0.0, tier=agg.tier, prefilter=prefilter,
+                           commerce=commerce, timings_ms=dict(timings))
+
+    def screen(self, articles: Sequence[Article]) -> tuple[list[ScoreRecord], list[Screened]]:
+        """Commerce rules, then each filter's prefilter. Blocked pairs become final records."""
+        records: list[ScoreRecord] = []
+        screened: list[Screened] = []
+        for article in articles:
+            start = time.perf_counter()
+            text = article_text(article)
+            evidence = self.commerce.evidence(article, text) if self.commerce else None
+            early = self.commerce.early_verdict(evidence) if self.commerce and evidence else None
+            open_filters: dict[str, PrefilterResult] = {}
+            for name, loaded in self.filters.items():
+                result = loaded.prefilter.check(article, text)
+                if early is not None and early.blocked and loaded.package.config.prefilter.block_commerce:
+                    records.append(self._blocked(loaded, article.id, StageUsed.COMMERCE, result, early,
+                                                 {"prefilter": _ms(start)}))
+                elif not result.passed:
+                    records.append(self._blocked(loaded, article.id, StageUsed.PREFILTER, result, early,
+                                                 {"prefilter": _ms(start)}))
+                else:
+                    open_filters[name] = result
+            if open_filters:
+                screened.append(Screened(article=article, text=text, commerce=evidence, open_filters=open_filters,
+                                         timings_ms={"prefilter": _ms(start)}))
+        return records, screened
+
+    # -- stage 1: one embedding per article, every probe -----------------------------------------
+
+    def _embed(self, screened: Sequence[Screened]) -> dict[tuple[str, int, int], np.ndarray]:
+        keys: set[tuple[str, int, int]] = {f.embedding_key for f in self.filters.values()}
+        embeddings: dict[tuple[str, int, int], np.ndarray] = {}
+        texts = [s.text for s in screened]
+        for key in keys:
+            model_ref, head, tail = key
+            embeddings[key] = load_embedder(model_ref, self.device).encode(
+                texts, head=head, tail=tail, batch_size=self.stage1_batch)
+        return embeddings
+
+    def _commerce_key(self) -> tuple[str, int, int] | None:
+        if self.commerce is None:
+            return None
+        for loaded in self.filters.values():
+            if loaded.embedding_key[0] == self.commerce.embedding_model:
+                return loaded.embedding_key
+        return None
+
+    def probe(self, screened: Sequence[Screened]) -> tuple[list[ScoreRecord], list[Escalation]]:
+        """Embed once, classify commerce, run every open filter's probe; route final or escalate."""
+        if not screened:
+            return [], []
+        start = time.perf_counter()
+        embeddings = self._embed(screened)
+        embed_ms = _ms(start) / len(screened)
+        commerce_results: list[CommerceResult | None] = [None] * len(screened)
+        if self.commerce is not None:
+            key = self._commerce_key()
+            if key is None:
+                key = (self.commerce.embedding_model, 256, 0)
+                embeddings[key] = self._embedder(key).encode([s.text for s in screened], head=key[1], tail=0,
+                                                             batch_size=self.stage1_batch)
+            evidence = [s.commerce for s in screened]
+            if all(e is not None for e in evidence):
+                commerce_results = list(self.commerce.classify(evidence, embeddings[key]))  # type: ignore[arg-type]
+
+        records: list[ScoreRecord] = []
+        escalations: list[Escalation] = []
+        for name, loaded in self.filters.items():
+            rows = [i for i, s in enumerate(screened) if name in s.open_filters]
+            if not rows:
+                continue
+            t0 = time.perf_counter()
+            emb = embeddings[loaded.embedding_key][rows]
+            raw = loaded.probe.predict(emb)
+            cfg = loaded.package.config
+            calibrated = loaded.calibration.apply("stage1", cfg.dimension_names, raw)
+            probe_ms = _ms(t0) / len(rows)
+            for j, i in enumerate(rows):
+                item = screened[i]
+                commerce = commerce_results[i]
+                timings = {**item.timings_ms, "embed": round(embed_ms, 3), "probe": round(probe_ms, 3)}
+                prefilter = item.open_filters[name]
+                if commerce is not None and commerce.blocked and cfg.prefilter.block_commerce:
+                    records.append(self._blocked(loaded, item.article.id, StageUsed.COMMERCE, prefilter,
+                                                 commerce, timings))
+                    continue
+                estimate = aggregate(cfg, calibrated[j]).uncapped_average
+                if loaded.package.has_stage2 and estimate >= cfg.stage1.threshold:
+                    escalations.append(Escalation(
+                        article_id=item.article.id, text=item.text, filter=name,
+                        package_hash=loaded.ref.package_hash, stage1_raw=[float(v) for v in raw[j]],
+                        stage1_estimate=estimate, prefilter=prefilter, commerce=commerce, timings_ms=timings))
+                else:
+                    records.append(self._final(loaded, item.article.id, StageUsed.STAGE1, raw[j], calibrated[j],
+                                               estimate, prefilter, commerce, timings))
+        return records, escalations
+
+    def _embedder(self, key: tuple[str, int, int]) -> Embedder:
+        return load_embedder(key[0], self.device)
+
+    # -- stage 2: the students -------------------------------------------------------------------
+
+    def escalate(self, escalations: Sequence[Escalation]) -> list[ScoreRecord]:
+        """Score escalated pairs with each filter's student, grouped by adapter."""
+        by_filter: dict[str, list[Escalation]] = defaultdict(list)
+        for item in escalations:
+            loaded = self.filters.get(item.filter)
+            if loaded is None:
+                raise ScoringError("escalation names a filter this worker does not run", article_id=item.article_id,
+                                   filter=item.filter, stage="stage2")
+            by_filter[item.filter].append(item)
+        records: list[ScoreRecord] = []
+        for name, items in by_filter.items():
+            loaded = self.filters[name]
+            cfg = loaded.package.config
+            if self.students is None or not loaded.package.has_stage2:
+                raise ScoringError("filter has no stage-2 model", filter=loaded.package.ref, stage="stage2")
+            t0 = time.perf_counter()
+            raw = self.students.predict(loaded.package.ref, [e.text for e in items])
+            calibrated = loaded.calibration.apply("stage2", cfg.dimension_names, raw)
+            student_ms = _ms(t0) / len(items)
+            for j, item in enumerate(items):
+                timings = {**item.timings_ms, "student": round(student_ms, 3)}
+                records.append(self._final(loaded, item.article_id, StageUsed.STAGE2, raw[j], calibrated[j],
+                                           item.stage1_estimate, item.prefilter, item.commerce, timings,
+                                           stale_hash=item.package_hash))
+        return records
+
+    # -- record building ---------------------------------------------------------------------------
+
+    def _final(self, loaded: LoadedFilter, article_id: str, stage: StageUsed, raw: np.ndarray,
+               calibrated: np.ndarray, estimate: float, prefilter: PrefilterResult,
+               commerce: CommerceResult | None, timings: dict[str, float],
+               stale_hash: str | None = None) -> ScoreRecord:
+        cfg = loaded.package.config
+        agg = aggregate(cfg, calibrated)
+        dims = {d: DimensionScore(raw=round(float(r), 4), calibrated=round(float(c), 4))
+                for d, r, c in zip(cfg.dimension_names, raw, calibrated, strict=True)}
+        normalized = (Normalized(method=loaded.normalizer.method, value=loaded.normalizer(agg.weighted_average))
+                      if loaded.normalizer else None)
+        hashes = loaded.model_hashes(self.commerce)
+        if stale_hash is not None and stale_hash != loaded.ref.package_hash:
+            # Escalated under a version that was hot-swapped since: say so instead of hiding it.
+            hashes["stage1_package_hash"] = stale_hash
+        return ScoreRecord(
+            article_id=article_id, filter=loaded.ref, model_hashes=hashes, stage=stage,
+            stage1_estimate=round(estimate, 4), escalation_threshold=cfg.stage1.threshold if cfg.stage2 else None,
+            dimensions=dims, weighted_average=agg.weighted_average, tier=agg.tier,
+            gatekeeper_applied=agg.gatekeeper_applied, gatekeeper_dimension=agg.gatekeeper_dimension,
+            normalized=normalized, prefilter=prefilter, commerce=commerce, timings_ms=timings)
+
+    # -- all stages in-process ---------------------------------------------------------------------
+
+    def score(self, articles: Sequence[Article]) -> list[ScoreRecord]:
+        """Every stage over one batch, in-process: the batch command and the streaming baseline."""
+        records, screened = self.screen(articles)
+        final, escalations = self.probe(screened)
+        records.extend(final)
+        records.extend(self.escalate(escalations))
+        return records
+
+    def score_stream(self, articles: Iterable[Article], batch_size: int | None = None) -> Iterable[list[ScoreRecord]]:
+        batch: list[Article] = []
+        size = batch_size or self.stage1_batch
+        for article in articles:
+            batch.append(article)
+            if len(batch) >= size:
+                yield self.score(batch)
+                batch = []
+        if batch:
+            yield self.score(batch)
+
+    @property
+    def refs(self) -> list[str]:
+        return [f.package.ref for f in self.filters.values()]
+
+    def describe(self) -> dict[str, object]:
+        return {name: {"version": f.package.version, "package_hash": f.ref.package_hash,
+                       "path": str(f.package.path), "stage2": f.package.has_stage2}
+                for name, f in self.filters.items()}
+
+
+def package_paths(pipeline: Pipeline) -> dict[str, Path]:
+    return {name: f.package.path for name, f in pipeline.filters.items()}
