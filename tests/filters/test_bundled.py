@@ -12,8 +12,11 @@ import pytest
 
 from filters import bundled_root, list_filters
 from scoring.aggregate import Tier, aggregate
+from scoring.article import Article
 from scoring.exceptions import ModelFilesMissingError
 from scoring.package import BUNDLED_ROOT, CONFIG_NAME, FilterPackage, load_package, resolve
+from scoring.prefilter import Prefilter
+from scoring.text import article_text
 
 PRODUCTION = ["uplifting", "cultural_discovery", "sustainability_technology", "investment_risk"]
 VERSION = "1.0.0"
@@ -153,6 +156,67 @@ def test_exclusion_rules_catch_what_they_are_for(name: str, category: str, field
     cat = next(c for c in rules.exclusions if c.name == category)
     flags = 0 if rules.case_sensitive else re.IGNORECASE
     assert any(re.search(p, text, flags) for p in getattr(cat, field)), (name, category, field, text)
+
+
+_FILLER = ("The council met on Monday to discuss next year's budget and the timetable for road works. "
+           "Residents can read the minutes online. ") * 3
+
+# (filter, article body, expected prefilter reason prefix or None for "passes"), run through the real
+# Prefilter: each exclusion blocks what it is for and lets through what its overrides rescue.
+_ARTICLES = [
+    ("uplifting", "Police said two men were arrested after a burglary at the corner shop.",
+     "excluded:crime_blotter"),
+    ("uplifting", "Police said two men were arrested after a burglary at the corner shop. "
+     "Neighbours rallied to rebuild it within a week.", None),
+    ("uplifting", "Die Polizei hat zwei Tatverdächtige festgenommen.", "excluded:crime_blotter"),
+    ("uplifting", "United beat City 3-1 and climb the league table after the final score.",
+     "excluded:sports_results"),
+    ("uplifting", "United beat City 3-1 in a charity match; the final score mattered less than the "
+     "funds raised for the food bank.", None),
+    ("uplifting", "The reality star was spotted leaving the red carpet party.", "excluded:celebrity_gossip"),
+    ("uplifting", "The reality star, spotted at the red carpet gala, funded a clinic: volunteers now run it "
+     "and 4,000 families gained access to clean water.", None),
+    ("cultural_discovery", "Tickets on sale now, tickets from €15, book now for the summer concert.",
+     "excluded:event_listings"),
+    ("cultural_discovery", "Tickets on sale now, book now for the exhibition of artefacts excavated last year, "
+     "dated by radiocarbon analysis to the Bronze Age.", None),
+    ("sustainability_technology", "Memecoin mania: altcoin price prediction says dogecoin price will rally.",
+     "excluded:crypto_speculation"),
+    ("sustainability_technology", "Altcoin miners face scrutiny: the energy consumption of the airdrop "
+     "craze rivals a small country.", None),
+    ("investment_risk", "Top 5 stocks to buy now: this penny stock could double by summer.",
+     "excluded:promotional_stock_picks"),
+    ("investment_risk", "Ten ways to save on groceries, plus budgeting tips for families.",
+     "excluded:personal_finance_tips"),
+    ("investment_risk", "Budgeting tips and money-saving hacks abound, yet card delinquencies and household debt "
+     "reached a record, the central bank said.", None),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "expected"), _ARTICLES)
+def test_prefilter_blocks_and_rescues(name: str, body: str, expected: str | None) -> None:
+    pkg = _package(name)
+    article = Article(id="a1", title="Report", content=f"{body} {_FILLER}")
+    result = Prefilter(pkg.config.prefilter, filter_ref=pkg.ref).check(article, article_text(article))
+    if expected is None:
+        assert result.passed, result.reason
+        # Only the rescue let it through: without overrides and min_positive the same text is blocked.
+        rules = pkg.config.prefilter
+        bare = rules.model_copy(update={"exclusions": [
+            c.model_copy(update={"overrides": [], "min_positive": None}) for c in rules.exclusions]})
+        assert not Prefilter(bare).check(article, article_text(article)).passed
+    else:
+        assert not result.passed
+        assert result.reason is not None and result.reason.startswith(expected), result.reason
+
+
+@pytest.mark.parametrize("name", PRODUCTION)
+def test_prefilter_rejects_short_texts(name: str) -> None:
+    pkg = _package(name)
+    article = Article(id="a1", title="Brief", content="A very short item.")
+    result = Prefilter(pkg.config.prefilter).check(article, article_text(article))
+    assert not result.passed
+    assert result.reason is not None and result.reason.startswith("too_short")
 
 
 @pytest.mark.parametrize(("name", "text"), [
