@@ -57,6 +57,17 @@ class Tiers(_Strict):
         return self
 
 
+def _compiles(patterns: list[str]) -> list[str]:
+    import re
+
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return patterns
+
+
 class ExclusionCategory(_Strict):
     """One reason to block an article, and what rescues it from that block."""
 
@@ -69,6 +80,17 @@ class ExclusionCategory(_Strict):
     min_positive: int | None = Field(None, ge=1,
                                      description="positive-pattern hits that lift this category's block")
 
+    @field_validator("patterns", "overrides")
+    @classmethod
+    def _valid_regexes(cls, patterns: list[str]) -> list[str]:
+        return _compiles(patterns)
+
+    @model_validator(mode="after")
+    def _blocks_something(self) -> ExclusionCategory:
+        if not self.patterns and not self.keywords:
+            raise ValueError(f"exclusion category {self.name!r} has neither patterns nor keywords")
+        return self
+
 
 class PrefilterRules(_Strict):
     case_sensitive: bool = False
@@ -78,6 +100,19 @@ class PrefilterRules(_Strict):
     blocked_domains: list[str] = Field(default_factory=list)
     excluded_source_types: list[str] = Field(default_factory=list)
     block_commerce: bool = Field(True, description="apply the universal commerce detector's verdict")
+
+    @field_validator("positive_patterns")
+    @classmethod
+    def _valid_regexes(cls, patterns: list[str]) -> list[str]:
+        return _compiles(patterns)
+
+    @model_validator(mode="after")
+    def _positive_needs_patterns(self) -> PrefilterRules:
+        for cat in self.exclusions:
+            if cat.min_positive is not None and not self.positive_patterns:
+                raise ValueError(f"exclusion category {cat.name!r} sets min_positive but there are no "
+                                 "positive_patterns")
+        return self
 
 
 class Preprocessing(_Strict):
@@ -89,8 +124,9 @@ class Stage1(_Strict):
     embedding_model: str = Field(description="sentence-transformers model id or local path")
     probe: str = Field(description="probe weights (safetensors), relative to the package")
     probe_meta: str = Field(description="probe metadata (JSON), relative to the package")
-    threshold: float = Field(description="escalate to stage 2 iff the stage-1 weighted average >= this")
-    max_length: int | None = Field(None, ge=8, description="token limit; default: the encoder's own")
+    threshold: Score = Field(description="escalate to stage 2 iff the stage-1 weighted average >= this")
+    text_prefix: str = Field("", description="prepended to every text before embedding, e.g. 'passage: ' "
+                                             "for e5 encoders; training and serving both apply it")
 
 
 class Stage2(_Strict):
@@ -293,7 +329,11 @@ def available(roots: list[Path] | None = None) -> dict[str, list[Path]]:
         if not root.is_dir():
             continue
         for config_file in sorted(root.glob(f"*/*/{CONFIG_NAME}")):
-            found.setdefault(config_file.parent.parent.name, []).append(config_file.parent)
+            pkg_dir = config_file.parent
+            versions = found.setdefault(pkg_dir.parent.name, [])
+            # Earlier roots win: a trained copy on FLUXSCORE_FILTERS_PATH shadows the bundled one.
+            if all(known.name != pkg_dir.name for known in versions):
+                versions.append(pkg_dir)
     for name, dirs in found.items():
         found[name] = sorted(dirs, key=lambda d: _version_key(d.name))
     return found
@@ -309,14 +349,19 @@ def resolve(ref: str, roots: list[Path] | None = None) -> FilterPackage:
     if not packages:
         known = ", ".join(sorted(available(roots))) or "none"
         raise PackageNotFoundError(f"no filter package named {name!r} (known: {known})", filter=ref)
+    chosen = packages[-1]
     if version:
-        for pkg_dir in packages:
-            if pkg_dir.name == version:
-                return load_package(pkg_dir)
-        versions = ", ".join(p.name for p in packages)
-        raise PackageNotFoundError(f"filter {name!r} has no version {version!r} (have: {versions})",
-                                   filter=ref)
-    return load_package(packages[-1])
+        matches = [p for p in packages if p.name == version]
+        if not matches:
+            versions = ", ".join(p.name for p in packages)
+            raise PackageNotFoundError(f"filter {name!r} has no version {version!r} (have: {versions})",
+                                       filter=ref)
+        chosen = matches[0]
+    package = load_package(chosen)
+    if package.name != name:
+        raise PackageError(f"directory {chosen} holds filter {package.name!r}, not {name!r}", filter=ref,
+                           path=str(chosen))
+    return package
 
 
 def resolve_many(refs: str | list[str], roots: list[Path] | None = None) -> list[FilterPackage]:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +42,21 @@ from scoring.records import (
 from scoring.settings import ScoringSettings, resolve_device
 from scoring.student import StudentPool
 from scoring.text import article_text
+
+
+class EmbeddingKey(NamedTuple):
+    """What makes two filters' embeddings of one article identical, and so shareable."""
+
+    model: str
+    prefix: str
+    head: int
+    tail: int
+
+
+def embed(embedder: Embedder, key: EmbeddingKey, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    """The stage-1 embedding of texts exactly as serving computes it (training calls this too)."""
+    inputs = [key.prefix + t for t in texts] if key.prefix else list(texts)
+    return embedder.encode(inputs, head=key.head, tail=key.tail, batch_size=batch_size)
 
 
 def _ms(start: float) -> float:
@@ -99,10 +115,11 @@ class LoadedFilter:
         return self.package.name
 
     @property
-    def embedding_key(self) -> tuple[str, int, int]:
+    def embedding_key(self) -> EmbeddingKey:
         """Filters with equal keys share one embedding per article."""
         cfg = self.package.config
-        return (cfg.stage1.embedding_model, cfg.preprocessing.head_tokens, cfg.preprocessing.tail_tokens)
+        return EmbeddingKey(cfg.stage1.embedding_model, cfg.stage1.text_prefix, cfg.preprocessing.head_tokens,
+                            cfg.preprocessing.tail_tokens)
 
     @classmethod
     def open(cls, package: FilterPackage, *, device: str = "cpu") -> LoadedFilter:
@@ -215,23 +232,18 @@ class Pipeline:
 
     # -- stage 1: one embedding per article, every probe -----------------------------------------
 
-    def _embed(self, screened: Sequence[Screened]) -> dict[tuple[str, int, int], np.ndarray]:
-        keys: set[tuple[str, int, int]] = {f.embedding_key for f in self.filters.values()}
-        embeddings: dict[tuple[str, int, int], np.ndarray] = {}
+    def _embed(self, screened: Sequence[Screened]) -> dict[EmbeddingKey, np.ndarray]:
+        keys = {f.embedding_key for f in self.filters.values()}
         texts = [s.text for s in screened]
-        for key in keys:
-            model_ref, head, tail = key
-            embeddings[key] = load_embedder(model_ref, self.device).encode(
-                texts, head=head, tail=tail, batch_size=self.stage1_batch)
-        return embeddings
+        return {key: embed(load_embedder(key.model, self.device), key, texts, self.stage1_batch) for key in keys}
 
-    def _commerce_key(self) -> tuple[str, int, int] | None:
-        if self.commerce is None:
-            return None
+    def _commerce_key(self) -> EmbeddingKey:
+        """The filters' embedding when the commerce classifier was trained on the same encoder."""
+        assert self.commerce is not None
         for loaded in self.filters.values():
-            if loaded.embedding_key[0] == self.commerce.embedding_model:
+            if loaded.embedding_key.model == self.commerce.embedding_model:
                 return loaded.embedding_key
-        return None
+        return EmbeddingKey(self.commerce.embedding_model, "", 256, 0)
 
     def probe(self, screened: Sequence[Screened]) -> tuple[list[ScoreRecord], list[Escalation]]:
         """Embed once, classify commerce, run every open filter's probe; route final or escalate."""
@@ -243,10 +255,9 @@ class Pipeline:
         commerce_results: list[CommerceResult | None] = [None] * len(screened)
         if self.commerce is not None:
             key = self._commerce_key()
-            if key is None:
-                key = (self.commerce.embedding_model, 256, 0)
-                embeddings[key] = self._embedder(key).encode([s.text for s in screened], head=key[1], tail=0,
-                                                             batch_size=self.stage1_batch)
+            if key not in embeddings:
+                embeddings[key] = embed(load_embedder(key.model, self.device), key, [s.text for s in screened],
+                                        self.stage1_batch)
             evidence = [s.commerce for s in screened]
             if all(e is not None for e in evidence):
                 commerce_results = list(self.commerce.classify(evidence, embeddings[key]))  # type: ignore[arg-type]
@@ -282,9 +293,6 @@ class Pipeline:
                     records.append(self._final(loaded, item.article.id, StageUsed.STAGE1, raw[j], calibrated[j],
                                                estimate, prefilter, commerce, timings))
         return records, escalations
-
-    def _embedder(self, key: tuple[str, int, int]) -> Embedder:
-        return load_embedder(key[0], self.device)
 
     # -- stage 2: the students -------------------------------------------------------------------
 

@@ -81,3 +81,31 @@ def test_resolve_by_name_version_and_path(tmp_path: Path) -> None:
         resolve("other", roots)
     with pytest.raises(PackageError, match="named twice"):
         resolve_many("toy,toy@1.0.0", roots)
+
+
+def test_earlier_roots_shadow_later_ones(tmp_path: Path) -> None:
+    write(tmp_path / "first" / "toy" / "1.0.0", filter_config(description="trained copy"))
+    write(tmp_path / "second" / "toy" / "1.0.0", filter_config(description="bundled copy"))
+    roots = [tmp_path / "first", tmp_path / "second"]
+    assert resolve("toy", roots).config.description == "trained copy"
+    assert resolve("toy@1.0.0", roots).config.description == "trained copy"
+
+
+def test_directory_name_must_match_filter_name(tmp_path: Path) -> None:
+    write(tmp_path / "other" / "1.0.0", filter_config())
+    with pytest.raises(PackageError, match="holds filter 'toy', not 'other'"):
+        resolve("other", [tmp_path])
+
+
+@pytest.mark.parametrize(
+    ("prefilter", "words"),
+    [
+        ({"exclusions": [{"name": "x", "patterns": ["(unclosed"]}]}, "invalid regular expression"),
+        ({"exclusions": [{"name": "x"}]}, "neither patterns nor keywords"),
+        ({"exclusions": [{"name": "x", "keywords": ["a"], "min_positive": 1}]}, "no positive_patterns"),
+    ],
+)
+def test_prefilter_rules_validated_at_load(tmp_path: Path, prefilter: dict[str, object], words: str) -> None:
+    write(tmp_path / "toy" / "1.0.0", filter_config(prefilter=prefilter))
+    with pytest.raises(PackageError, match=words):
+        load_package(tmp_path / "toy" / "1.0.0")
