@@ -4,7 +4,8 @@ Each article is sent with its filter's prompt (``config.oracle_prompt``) to an O
 chat-completions API or to Google's Gemini API. The answer must hold a JSON object with every dimension
 scored 0-10; anything else is retried and finally written to a rejects file with the raw answer —
 never turned into zeros. Labelled records are appended (and flushed) one per line, so a run that stops
-can be started again and skips the ids already in the output.
+can be started again and skips the ids already in the output (rejected ids are tried again; the
+rejects file holds article records plus ``oracle_reject``, so it can itself be fed back in).
 
 Process settings come from the environment (:meth:`OracleSettings.from_env`):
 
