@@ -57,6 +57,7 @@ from scoring.article import Article, parse_article
 from scoring.exceptions import ArticleValidationError, FluxscoreError, PackageError
 from scoring.package import FilterPackage
 from scoring.text import article_text
+from training.exceptions import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,12 @@ ARTICLE_PLACEHOLDER = "{article}"
 
 # ---------------------------------------------------------------------------------------------- errors
 
-class OracleError(FluxscoreError):
-    """Root of the oracle client's errors."""
+class OracleError(TrainingError):
+    """Root of the oracle client's errors; ``step`` is always ``label``."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        context.setdefault("step", "label")
+        super().__init__(message, **context)
 
 
 class OracleConfigError(OracleError):
@@ -759,6 +764,8 @@ async def label_articles(package: FilterPackage, articles: Iterable[Article], ou
             async def run_one(article: Article) -> None:
                 try:
                     await labeller.label(article)
+                except FluxscoreError as exc:
+                    fatal.append(exc.with_context(filter=package.ref))
                 except Exception as exc:
                     fatal.append(exc)
                 finally:

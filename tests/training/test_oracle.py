@@ -18,6 +18,7 @@ from scoring.article import Article
 from scoring.exceptions import ArticleValidationError, FluxscoreError
 from scoring.package import FilterPackage, load_package
 from tests.training.oracle_server import USAGE_IN, USAGE_OUT, USAGE_THINKING, OracleServer
+from training.exceptions import TrainingError
 from training.oracle import (
     LabelEvent,
     OracleAnswerError,
@@ -319,6 +320,8 @@ def test_revoked_key_stops_the_run_without_leaking_the_key(server: OracleServer,
     with pytest.raises(OracleRequestError) as info:
         label_file(package, articles, out, rejects, settings(server, concurrency=1), env=ENV)
     assert info.value.status == 401
+    assert isinstance(info.value, TrainingError)
+    assert info.value.context["filter"] == "toy@1.0.0" and info.value.context["step"] == "label"
     assert "***" in str(info.value) and KEY not in str(info.value) and KEY not in repr(info.value.args)
     assert [r["id"] for r in read_jsonl(out)] == ["k0"]  # what was done stays, nothing after the refusal
     assert len(server.seen) == 2
