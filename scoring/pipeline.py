@@ -161,15 +161,15 @@ class Pipeline:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        if isinstance(refs, str) or (refs and isinstance(refs[0], str)):
-            packages = resolve_many(list(refs) if not isinstance(refs, str) else refs,
-                                    list(settings.filters_path) or None)
+        roots = list(settings.filters_path) or None
+        if isinstance(refs, str):
+            packages = resolve_many(refs, roots)
         else:
-            packages = list(refs)  # type: ignore[arg-type]
+            packages = [resolve_many(r, roots)[0] if isinstance(r, str) else r for r in refs]
         detector = CommerceDetector.load(settings.commerce_package) if commerce else None
         pipeline = cls(filters={}, commerce=detector, device=device, stage1_batch=settings.stage1_batch,
                        stage2_batch=settings.stage2_batch)
-        for package in packages:  # type: ignore[assignment]
+        for package in packages:
             pipeline.add(package)
         return pipeline
 

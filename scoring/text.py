@@ -60,7 +60,7 @@ def special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
     """
     cached = getattr(tokenizer, "_fluxscore_specials", None)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
     full = tokenizer("hello", add_special_tokens=True)["input_ids"]
     for i in range(len(full) - len(plain) + 1):
