@@ -1,0 +1,101 @@
+"""Stage-1 encoder: one sentence-transformers model, shared by every filter's probe and the commerce detector.
+
+Token ids are built with :func:`scoring.text.encode_head_tail` rather than the model's own tokenize step,
+so long articles keep their head *and* tail (sentence-transformers would keep only the head), and
+training and serving cut text the same way. The model's modules (transformer, pooling, normalize) do
+the rest, so results equal ``SentenceTransformer.encode`` whenever no truncation happens.
+
+The encoder runs in fp32 on every device: embeddings are cached on disk and fed to probes trained on
+CPU-made embeddings, and a MiniLM-sized encoder gains little from bf16.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from scoring.models import load_error, resolve_model_ref
+from scoring.text import encode_head_tail
+
+
+class Embedder:
+    """A loaded sentence-transformers model that encodes head+tail-truncated texts."""
+
+    def __init__(self, model: Any, model_ref: str, device: str = "cpu") -> None:
+        self.model = model
+        self.model_ref = model_ref
+        self.device = device
+        self.tokenizer = model.tokenizer
+        self.max_length = int(model.max_seq_length)
+        dim = (model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
+               else model.get_sentence_embedding_dimension())
+        self.dim = int(dim)
+        self._uses_token_types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = int(pad) if pad is not None else 0
+
+    def token_ids(self, texts: Sequence[str], *, head: int, tail: int,
+                  max_length: int | None = None) -> list[list[int]]:
+        """The ids :meth:`encode` feeds the model (special tokens included)."""
+        limit = self.max_length if max_length is None else min(max_length, self.max_length)
+        return encode_head_tail(self.tokenizer, texts, head=head, tail=tail, max_length=limit)
+
+    def encode(self, texts: Sequence[str], *, head: int, tail: int, batch_size: int = 64,
+               max_length: int | None = None) -> np.ndarray:
+        """(n, dim) float32 embeddings; ``max_length`` may only lower the encoder's own limit."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.token_ids(texts, head=head, tail=tail, max_length=max_length)
+        # Sorting by length keeps padding (wasted compute) small in every batch.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                features = self._features([ids[i] for i in chunk])
+                emb = self.model.forward(features)["sentence_embedding"]
+                out[chunk] = emb.float().cpu().numpy()
+        return out
+
+    def _features(self, batch: list[list[int]]) -> dict[str, Any]:
+        width = max(len(x) for x in batch)
+        input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, :len(seq)] = 1
+        features: dict[str, Any] = {"input_ids": input_ids.to(self.device),
+                                    "attention_mask": mask.to(self.device), "modality": "text"}
+        if self._uses_token_types:
+            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        return features
+
+
+_CACHE: dict[tuple[str, str], Embedder] = {}
+_LOCK = threading.Lock()
+
+
+def load_embedder(model_ref: str, device: str = "cpu") -> Embedder:
+    """Load a sentence-transformers model once per (ref, device) in this process."""
+    key = (model_ref, device)
+    with _LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            model = SentenceTransformer(resolve_model_ref(model_ref), device=device,
+                                        local_files_only=True)
+        except Exception as exc:
+            raise load_error(model_ref, "sentence-transformers encoder", exc) from exc
+        model.eval()
+        embedder = Embedder(model, model_ref, device)
+        _CACHE[key] = embedder
+        return embedder

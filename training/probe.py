@@ -1,0 +1,283 @@
+"""Stage-1 probe training, and an on-disk cache of embeddings so re-training does not re-encode.
+
+Default recipe, chosen for the data filters are trained on (a few hundred oracle-labelled articles,
+384-d embeddings), where the original recipe (MLP 256-128, dropout 0.2, L1 loss, Adam) has ~130k
+weights for ~300 rows and overfits: one hidden layer of 128, AdamW with strong weight decay, Huber loss
+(quadratic near the target so it fits the mean, linear far away so noisy oracle labels do not dominate),
+early stopping on validation MAE with the best weights restored, outputs clamped to 0-10 at inference.
+Everything is configurable through :class:`ProbeRecipe`. On synthetic 300-row tasks the difference to
+the original recipe is small (validation MAE ~1% lower, 4-5x faster); measure on real labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+from scoring.embedding import Embedder
+from scoring.probe import SCORE_RANGE, Probe, ProbeNet
+from training.exceptions import TrainingDataError
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]  # (epoch, max_epochs, metrics)
+
+
+@dataclass(frozen=True)
+class ProbeRecipe:
+    hidden: tuple[int, ...] = (128,)
+    dropout: float = 0.2
+    loss: Literal["huber", "mse", "l1"] = "huber"
+    huber_delta: float = 1.0
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    batch_size: int = 32
+    max_epochs: int = 400
+    patience: int = 30
+    val_fraction: float = 0.15
+    seed: int = 0
+
+
+# The original system's recipe, kept for comparisons and benchmarks.
+ORIGINAL_RECIPE = ProbeRecipe(hidden=(256, 128), dropout=0.2, loss="l1", lr=1e-3, weight_decay=0.0)
+
+
+def _check(embeddings: np.ndarray, targets: np.ndarray, dimensions: Sequence[str],
+           weights: np.ndarray | None, what: str) -> None:
+    if embeddings.ndim != 2 or targets.ndim != 2:
+        raise TrainingDataError(f"{what}: embeddings and targets must be 2-D, got {embeddings.shape} "
+                                f"and {targets.shape}", step="probe")
+    if embeddings.shape[0] != targets.shape[0]:
+        raise TrainingDataError(f"{what}: {embeddings.shape[0]} embeddings but {targets.shape[0]} targets",
+                                step="probe")
+    if targets.shape[1] != len(dimensions):
+        raise TrainingDataError(f"{what}: targets have {targets.shape[1]} columns for {len(dimensions)} "
+                                f"dimensions {list(dimensions)}", step="probe")
+    if not (np.isfinite(embeddings).all() and np.isfinite(targets).all()):
+        raise TrainingDataError(f"{what}: embeddings or targets contain NaN/inf", step="probe")
+    if targets.min() < SCORE_RANGE[0] or targets.max() > SCORE_RANGE[1]:
+        raise TrainingDataError(f"{what}: targets must lie in 0-10, found "
+                                f"{targets.min():.3g}..{targets.max():.3g}", step="probe")
+    if weights is not None and (weights.shape != (targets.shape[0],) or (weights < 0).any()
+                                or not np.isfinite(weights).all() or weights.sum() <= 0):
+        raise TrainingDataError(f"{what}: sample weights must be {targets.shape[0]} non-negative numbers "
+                                "with a positive sum", step="probe")
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random (train, validation) index split; at least one row on each side."""
+    if n < 2:
+        raise TrainingDataError(f"need at least 2 rows to hold out a validation set, got {n}", step="probe")
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _loss_fn(recipe: ProbeRecipe) -> nn.Module:
+    if recipe.loss == "huber":
+        return nn.HuberLoss(reduction="none", delta=recipe.huber_delta)
+    if recipe.loss == "mse":
+        return nn.MSELoss(reduction="none")
+    if recipe.loss == "l1":
+        return nn.L1Loss(reduction="none")
+    raise ValueError(f"unknown loss {recipe.loss!r} (huber, mse, l1)")
+
+
+def train_probe(embeddings: np.ndarray, targets: np.ndarray, dimensions: Sequence[str], embedding_model: str,
+                *, recipe: ProbeRecipe | None = None, sample_weights: np.ndarray | None = None,
+                val_embeddings: np.ndarray | None = None, val_targets: np.ndarray | None = None,
+                progress: ProgressFn | None = None, **overrides: Any) -> tuple[Probe, dict[str, Any]]:
+    """Fit a probe; returns it and a history (per-epoch train loss, validation loss and MAE).
+
+    Without ``val_embeddings``/``val_targets`` a seeded ``recipe.val_fraction`` of the rows is held
+    out. Keyword ``overrides`` replace recipe fields (``hidden=(128,)``, ``lr=...``).
+    """
+    recipe = recipe or ProbeRecipe()
+    if overrides:
+        unknown = set(overrides) - set(ProbeRecipe.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown probe recipe fields: {sorted(unknown)}")
+        recipe = ProbeRecipe(**{**asdict(recipe), **overrides})
+    x = np.asarray(embeddings, dtype=np.float32)
+    y = np.asarray(targets, dtype=np.float32)
+    w = None if sample_weights is None else np.asarray(sample_weights, dtype=np.float32)
+    _check(x, y, dimensions, w, "training data")
+    if (val_embeddings is None) != (val_targets is None):
+        raise TrainingDataError("give both val_embeddings and val_targets, or neither", step="probe")
+    if val_embeddings is not None and val_targets is not None:
+        xv = np.asarray(val_embeddings, dtype=np.float32)
+        yv = np.asarray(val_targets, dtype=np.float32)
+        _check(xv, yv, dimensions, None, "validation data")
+        if xv.shape[1] != x.shape[1]:
+            raise TrainingDataError("validation embeddings differ in width from training ones", step="probe")
+        xt, yt, wt = x, y, w
+    else:
+        tr, va = split_indices(len(x), recipe.val_fraction, recipe.seed)
+        xt, yt, xv, yv = x[tr], y[tr], x[va], y[va]
+        wt = None if w is None else w[tr]
+    if wt is None:
+        wt = np.ones(len(xt), dtype=np.float32)
+
+    started = time.monotonic()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        net = ProbeNet(x.shape[1], recipe.hidden, len(dimensions), recipe.dropout)
+        mean = xt.mean(axis=0)
+        # A floor on the scale: constant embedding coordinates would otherwise divide by zero.
+        std = np.maximum(xt.std(axis=0), 1e-6)
+        net.input_mean.copy_(torch.from_numpy(mean))
+        net.input_std.copy_(torch.from_numpy(std))
+        # Start the output layer at the mean score, so early epochs fit structure, not the offset.
+        last = net.layers[-1]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():
+            last.bias.copy_(torch.from_numpy(np.average(yt, axis=0, weights=wt)))
+        history = _fit(net, recipe, xt, yt, wt, xv, yv, progress)
+    net.eval()
+    val_pred = net(torch.from_numpy(xv)).detach().numpy()
+    per_dim = np.abs(val_pred - yv).mean(axis=0)
+    history.update({
+        "recipe": {**asdict(recipe), "hidden": list(recipe.hidden)},
+        "n_train": len(xt), "n_val": len(xv), "dimensions": list(dimensions),
+        "val_mae_per_dim": {d: float(v) for d, v in zip(dimensions, per_dim, strict=True)},
+        "seconds": round(time.monotonic() - started, 3),
+    })
+    training_info = {k: history[k] for k in ("recipe", "n_train", "n_val", "best_epoch", "best_val_mae",
+                                             "val_mae_per_dim", "epochs_run")}
+    probe = Probe(net, dimensions=list(dimensions), embedding_model=embedding_model, input_dim=x.shape[1],
+                  hidden=recipe.hidden, dropout=recipe.dropout, training=training_info)
+    return probe, history
+
+
+def _fit(net: ProbeNet, recipe: ProbeRecipe, xt: np.ndarray, yt: np.ndarray, wt: np.ndarray,
+         xv: np.ndarray, yv: np.ndarray, progress: ProgressFn | None) -> dict[str, Any]:
+    loss_fn = _loss_fn(recipe)
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    xt_t, yt_t, wt_t = torch.from_numpy(xt), torch.from_numpy(yt), torch.from_numpy(wt)
+    xv_t, yv_t = torch.from_numpy(xv), torch.from_numpy(yv)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    train_loss: list[float] = []
+    val_loss: list[float] = []
+    val_mae: list[float] = []
+    best = (float("inf"), 0)
+    best_state = {k: v.clone() for k, v in net.state_dict().items()}
+    for epoch in range(1, recipe.max_epochs + 1):
+        net.train()
+        order = torch.randperm(len(xt_t), generator=generator)
+        total, weight_sum = 0.0, 0.0
+        for start in range(0, len(order), recipe.batch_size):
+            idx = order[start:start + recipe.batch_size]
+            per_row = loss_fn(net(xt_t[idx], clamp=False), yt_t[idx]).mean(dim=1)
+            wb = wt_t[idx]
+            if float(wb.sum()) <= 0:
+                continue
+            loss = (per_row * wb).sum() / wb.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float((per_row.detach() * wb).sum())
+            weight_sum += float(wb.sum())
+        net.eval()
+        with torch.no_grad():
+            raw = net(xv_t, clamp=False)
+            v_loss = float(loss_fn(raw, yv_t).mean())
+            v_mae = float((net(xv_t) - yv_t).abs().mean())
+        train_loss.append(total / max(weight_sum, 1e-12))
+        val_loss.append(v_loss)
+        val_mae.append(v_mae)
+        if progress is not None:
+            progress(epoch, recipe.max_epochs, {"train_loss": train_loss[-1], "val_loss": v_loss,
+                                                "val_mae": v_mae})
+        if v_mae < best[0] - 1e-6:
+            best = (v_mae, epoch)
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        elif epoch - best[1] >= recipe.patience:
+            break
+    net.load_state_dict(best_state)
+    return {"train_loss": train_loss, "val_loss": val_loss, "val_mae": val_mae, "best_epoch": best[1],
+            "best_val_mae": best[0], "epochs_run": len(train_loss)}
+
+
+class EmbeddingCache:
+    """Embeddings on disk keyed by (model ref, head, tail, max length, sha256 of the text).
+
+    Each :meth:`put` writes one safetensors shard (``keys`` as raw 32-byte digests, ``embeddings``);
+    shards are written atomically and never rewritten, so concurrent writers only add files.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self._index: dict[bytes, np.ndarray] | None = None
+        self._seen: set[str] = set()
+
+    @staticmethod
+    def key(model_ref: str, text: str, *, head: int, tail: int, max_length: int | None = None) -> bytes:
+        text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        spec = f"{model_ref}\0{head}\0{tail}\0{max_length or ''}\0{text_hash}"
+        return hashlib.sha256(spec.encode("utf-8")).digest()
+
+    def _load(self) -> dict[bytes, np.ndarray]:
+        if self._index is None:
+            self._index = {}
+        if self.directory.is_dir():
+            for shard in sorted(self.directory.glob("*.safetensors")):
+                if shard.name in self._seen:
+                    continue
+                data = load_file(str(shard))
+                for digest, row in zip(data["keys"], data["embeddings"], strict=True):
+                    self._index[digest.tobytes()] = row
+                self._seen.add(shard.name)
+        return self._index
+
+    def get_many(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
+        index = self._load()
+        return [index.get(k) for k in keys]
+
+    def put_many(self, keys: Sequence[bytes], embeddings: np.ndarray) -> None:
+        if not keys:
+            return
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if emb.shape[0] != len(keys):
+            raise ValueError(f"{len(keys)} keys for {emb.shape[0]} embeddings")
+        key_arr = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32).copy()
+        name = hashlib.sha256(key_arr.tobytes()).hexdigest()[:24] + ".safetensors"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{name}.{os.getpid()}.tmp"
+        save_file({"keys": key_arr, "embeddings": emb}, str(tmp))
+        os.replace(tmp, self.directory / name)
+        index = self._load()
+        for k, row in zip(keys, emb, strict=True):
+            index[k] = row
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+def embed_with_cache(embedder: Embedder, texts: Sequence[str], cache: EmbeddingCache, *, head: int, tail: int,
+                     batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
+    """Embeddings of ``texts``, encoding only those not already in ``cache`` (and storing them)."""
+    keys = [EmbeddingCache.key(embedder.model_ref, t, head=head, tail=tail, max_length=max_length)
+            for t in texts]
+    found = cache.get_many(keys)
+    todo: dict[bytes, str] = {}
+    for k, t, hit in zip(keys, texts, found, strict=True):
+        if hit is None:
+            todo.setdefault(k, t)
+    if todo:
+        fresh = embedder.encode(list(todo.values()), head=head, tail=tail, batch_size=batch_size,
+                                max_length=max_length)
+        cache.put_many(list(todo), fresh)
+        found = cache.get_many(keys)
+    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+    for i, row in enumerate(found):
+        assert row is not None
+        out[i] = row
+    return out
