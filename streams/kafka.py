@@ -1,0 +1,70 @@
+"""Plain Kafka clients (aiokafka) for what is not an agent: topic creation, producing files, tailing topics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from streams.exceptions import BrokerUnavailableError
+from streams.topics import TopicSpec
+
+log = logging.getLogger("fluxscore.streams.kafka")
+
+
+def servers(bootstrap: str) -> list[str]:
+    """``host:port[,host:port]`` (an optional ``kafka://`` scheme is accepted) -> aiokafka's list."""
+    out = [s.strip().removeprefix("kafka://") for s in bootstrap.replace(";", ",").split(",") if s.strip()]
+    if not out:
+        raise BrokerUnavailableError(f"no bootstrap server in {bootstrap!r}")
+    return out
+
+
+def faust_broker(bootstrap: str) -> str:
+    return ";".join(f"kafka://{s}" for s in servers(bootstrap))
+
+
+async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], *, replication: int = 1,
+                        timeout: float = 30.0) -> None:
+    """Create the topics that do not exist yet (retrying while the broker is still coming up)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=servers(bootstrap), request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            wanted = {s.name: s for s in specs if s.name not in existing}
+            if wanted:
+                response = await admin.create_topics([NewTopic(s.name, s.partitions, replication)
+                                                      for s in wanted.values()])
+                for name, code, *_ in getattr(response, "topic_errors", []) or []:
+                    if code not in (0, TopicAlreadyExistsError.errno):
+                        raise BrokerUnavailableError(f"cannot create topic {name}: error code {code}")
+                log.info("topics created", extra={"topics": sorted(wanted)})
+            return
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerUnavailableError(f"Kafka at {bootstrap} is not reachable: {exc}") from None
+            await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+def make_producer(bootstrap: str, *, max_batch_bytes: int = 16384, linger_ms: int = 5,
+                  max_request_size: int = 1_048_576) -> AIOKafkaProducer:
+    # acks=all and no idempotence: Tansu does not implement idempotent producers, and the scorer is
+    # idempotent by key instead (see streams.dedupe).
+    return AIOKafkaProducer(bootstrap_servers=servers(bootstrap), acks="all", enable_idempotence=False,
+                            max_batch_size=max_batch_bytes, linger_ms=linger_ms,
+                            max_request_size=max_request_size)
+
+
+def make_consumer(bootstrap: str, *topics: str, group_id: str | None = None,
+                  from_beginning: bool = True) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(*topics, bootstrap_servers=servers(bootstrap), group_id=group_id,
+                            auto_offset_reset="earliest" if from_beginning else "latest",
+                            enable_auto_commit=group_id is not None, metadata_max_age_ms=5000)

@@ -1,0 +1,106 @@
+"""The messages one micro-batch produces, sent together and confirmed before the batch is acknowledged.
+
+A batch's input offsets are committed only after :meth:`Outbox.flush` returns, i.e. after Kafka has
+acknowledged every output (at-least-once). Retriable send errors (broker away, leader moving) wait and
+retry; a message Kafka refuses for good (too large) is replaced by its fallback, a dead letter for
+the input that produced it, so one bad record never blocks its partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+from streams.exceptions import StreamError
+
+log = logging.getLogger("fluxscore.streams.outbox")
+Headers = list[tuple[str, bytes]]
+
+
+class Sender(Protocol):
+    async def __call__(self, topic: str, key: bytes | None, value: bytes,
+                       headers: Headers | None) -> Awaitable[Any]: ...
+
+
+@dataclass
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers | None = None
+    # Built only if Kafka refuses the message for good: what to send instead.
+    fallback: Callable[[BaseException], Message] | None = None
+
+
+def _permanent(exc: BaseException) -> bool:
+    if isinstance(exc, KafkaTimeoutError):
+        return False
+    return isinstance(exc, KafkaError) and not getattr(exc, "retriable", False) \
+        and not getattr(exc, "invalid_metadata", False) and type(exc).__name__ != "KafkaConnectionError"
+
+
+@dataclass
+class Outbox:
+    send: Sender
+    max_backoff: float = 5.0
+    on_retry: Callable[[BaseException, int], None] | None = None
+    messages: list[Message] = field(default_factory=list)
+
+    def add(self, message: Message) -> None:
+        self.messages.append(message)
+
+    async def flush(self) -> list[Message]:
+        """Send everything queued; return the messages that were delivered (fallbacks included)."""
+        pending, delivered = self.messages, []
+        self.messages = []
+        attempt, delay = 0, 0.05
+        while pending:
+            futures: list[Awaitable[Any] | BaseException] = []
+            for msg in pending:
+                try:
+                    futures.append(await self.send(msg.topic, msg.key, msg.value, msg.headers))
+                except Exception as exc:  # the producer may refuse before queuing (buffer full, closed)
+                    futures.append(exc)
+            results = await asyncio.gather(*(_settle(f) for f in futures))
+            retry: list[Message] = []
+            transient: BaseException | None = None
+            for msg, result in zip(pending, results, strict=True):
+                if not isinstance(result, BaseException):
+                    delivered.append(msg)
+                elif _permanent(result):
+                    if msg.fallback is None:
+                        raise StreamError(f"Kafka refused a message to {msg.topic} for good: "
+                                          f"{type(result).__name__}: {result}", topic=msg.topic)
+                    log.warning("message refused, sending its fallback",
+                                extra={"topic": msg.topic, "error": f"{type(result).__name__}: {result}"})
+                    retry.append(msg.fallback(result))
+                else:
+                    transient = transient or result
+                    retry.append(msg)
+            if transient is not None:
+                attempt += 1
+                if self.on_retry is not None:
+                    self.on_retry(transient, attempt)
+                log.warning("Kafka send failed, retrying", extra={
+                    "attempt": attempt, "pending": len(retry), "error": f"{type(transient).__name__}: {transient}"})
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(self.max_backoff, delay * 2)
+            pending = retry
+        return delivered
+
+
+async def _settle(future: Awaitable[Any] | BaseException) -> Any:
+    if isinstance(future, BaseException):
+        return future
+    try:
+        return await future
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return exc

@@ -1,0 +1,69 @@
+"""Topic names and partition counts, derived from :class:`~streams.settings.StreamSettings`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from streams.exceptions import StreamSettingsError
+from streams.settings import StreamSettings
+
+# Kafka's legal topic characters; a filter name is already [a-z0-9_], so this only guards the prefix.
+_LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+ALL_SCORES = "all"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    raw: TopicSpec
+    screened: TopicSpec
+    escalated: TopicSpec
+    dlq: TopicSpec
+    scores_base: str
+    scores_partitions: int
+    shadow: TopicSpec
+
+    @classmethod
+    def from_settings(cls, settings: StreamSettings) -> Topics:
+        p, parts = settings.topic_prefix, settings.partitions
+
+        def spec(name: str, key: str) -> TopicSpec:
+            return TopicSpec(_checked(p + name), parts[key])
+
+        topics = cls(prefix=p, raw=spec(settings.topic_raw, "raw"), screened=spec(settings.topic_screened, "screened"),
+                     escalated=spec(settings.topic_escalated, "escalated"), dlq=spec(settings.topic_dlq, "dlq"),
+                     scores_base=_checked(p + settings.topic_scores), scores_partitions=parts["scores"],
+                     shadow=spec(settings.topic_shadow, "scores"))
+        names = [t.name for t in (topics.raw, topics.screened, topics.escalated, topics.dlq, topics.shadow)]
+        if len(set(names)) != len(names):
+            raise StreamSettingsError(f"two stream topics have the same name: {names}")
+        return topics
+
+    def scores(self, filter_name: str) -> TopicSpec:
+        """``<prefix>scores.<filter>``; the filter ``all`` is reserved for the combined topic."""
+        if filter_name == ALL_SCORES:
+            raise StreamSettingsError(f"a filter may not be named {ALL_SCORES!r}: it is the combined score topic")
+        return TopicSpec(_checked(f"{self.scores_base}.{filter_name}"), self.scores_partitions)
+
+    @property
+    def all_scores(self) -> TopicSpec:
+        return TopicSpec(f"{self.scores_base}.{ALL_SCORES}", self.scores_partitions)
+
+    def pipeline_topics(self, filters: list[str] | tuple[str, ...] = ()) -> list[TopicSpec]:
+        """Every topic the pipeline roles read or write, for creating them up front."""
+        return [self.raw, self.screened, self.escalated, self.dlq, self.all_scores,
+                *(self.scores(f) for f in filters)]
+
+
+def _checked(name: str) -> str:
+    if not _LEGAL.match(name) or name in (".", ".."):
+        raise StreamSettingsError(f"{name!r} is not a legal Kafka topic name (letters, digits, '.', '_', '-')",
+                                  variable="FLUXSCORE_TOPIC_PREFIX")
+    return name

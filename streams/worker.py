@@ -1,0 +1,88 @@
+"""Running one worker process: load models once, create topics, wire the agents, serve metrics, run Faust."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+import faust
+
+from scoring.pipeline import Pipeline
+from scoring.settings import ScoringSettings
+from streams import logs
+from streams.agents import StageRunner
+from streams.app import build_app, faust_sender, register_agents, register_lag_timer, register_reload_timer
+from streams.dedupe import DedupeStore
+from streams.kafka import ensure_topics
+from streams.metrics import StreamMetrics
+from streams.reload import Reloader
+from streams.settings import StreamSettings
+from streams.topics import Topics
+
+log = logging.getLogger("fluxscore.streams.worker")
+
+
+def worker_name(settings: StreamSettings) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{'+'.join(settings.roles)}"
+
+
+def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None) -> int:
+    """Blocks until the worker is stopped (SIGTERM/SIGINT). Returns the exit code."""
+    name = worker_name(settings)
+    logs.configure(settings.log_format, settings.log_level, worker=name)
+    bootstrap, redis_url = settings.require_cluster()
+    scoring = scoring or ScoringSettings.from_env()
+    topics = Topics.from_settings(settings)
+    metrics = StreamMetrics()
+    if "shadow" in settings.roles:
+        from streams.shadow import run_shadow_worker
+
+        return run_shadow_worker(settings, scoring, topics, metrics, name)
+
+    started = time.perf_counter()
+    # Models load once, before joining the group: a worker never holds partitions it cannot serve yet.
+    pipeline = Pipeline.load(list(settings.filters), settings=scoring)
+    for filter_name in pipeline.filters:
+        topics.scores(filter_name)  # validates the name against the reserved 'all'
+    metrics.set_filters("+".join(settings.roles), pipeline.describe())
+    log.info("filters loaded", extra={"filters": pipeline.describe(),
+                                      "seconds": round(time.perf_counter() - started, 2)})
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(bootstrap, topics.pipeline_topics(list(pipeline.filters)),
+                                          replication=settings.replication))
+    dedupe = DedupeStore.from_url(redis_url, prefix=settings.redis_prefix, ttl=settings.dedupe_ttl,
+                                  max_backoff=settings.retry_max_backoff,
+                                  on_retry=lambda exc, n: metrics.retries.labels("redis").inc())
+    loop.run_until_complete(dedupe.wait_ready())
+
+    app: faust.App = build_app(settings)
+    runner = StageRunner(pipeline=pipeline, topics=topics, dedupe=dedupe, send=faust_sender(app), metrics=metrics,
+                         max_content_bytes=scoring.max_content_bytes, retry_max_backoff=settings.retry_max_backoff,
+                         worker=name)
+    consumed = register_agents(app, runner, settings)
+    register_lag_timer(app, runner)
+    if settings.reload_interval > 0:
+        reloader = Reloader(pipeline, settings.filters, metrics, role="+".join(settings.roles))
+        register_reload_timer(app, lambda: reloader.poll(runner.in_thread), settings.reload_interval)
+    if settings.metrics_port is not None:
+        port = metrics.serve(settings.metrics_host, settings.metrics_port)
+        log.info("metrics", extra={"url": f"http://{settings.metrics_host}:{port}/metrics"})
+    log.info("worker starting", extra={"roles": list(settings.roles), "consumes": consumed, "app_id": settings.app_id,
+                                       "bootstrap": bootstrap})
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+                          override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    else:
+        code = 0
+    finally:
+        runner.executor.shutdown(wait=False, cancel_futures=True)
+    log.info("worker stopped", extra={"exit_code": code})
+    return code
