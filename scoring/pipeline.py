@@ -26,7 +26,7 @@ from scoring.article import Article
 from scoring.calibration import Calibration
 from scoring.commerce import CommerceDetector, CommerceEvidence
 from scoring.embedding import Embedder, load_embedder
-from scoring.exceptions import ScoringError
+from scoring.exceptions import PackageError, ScoringError
 from scoring.package import FilterPackage, resolve_many
 from scoring.prefilter import Prefilter
 from scoring.probe import Probe
@@ -127,8 +127,12 @@ class LoadedFilter:
         cfg = package.config
         probe = Probe.load(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta), device=device)
         if list(probe.dimensions) != cfg.dimension_names:
-            raise ScoringError(f"probe of {package.ref} predicts {probe.dimensions}, config has "
-                               f"{cfg.dimension_names}", filter=package.ref)
+            raise PackageError(f"probe of {package.ref} predicts {probe.dimensions}, config has "
+                               f"{cfg.dimension_names}", filter=package.ref, path=str(package.path))
+        if probe.embedding_model != cfg.stage1.embedding_model:
+            # A probe read on another encoder's embeddings would score noise without any error.
+            raise PackageError(f"probe of {package.ref} was trained on {probe.embedding_model!r}, config names "
+                               f"{cfg.stage1.embedding_model!r}", filter=package.ref, path=str(package.path))
         calibration = Calibration.load(package.file(cfg.calibration) if cfg.calibration else None)
         normalizer = PercentileNormalizer.load(package.file(cfg.normalization)) if cfg.normalization else None
         return cls(package=package, prefilter=Prefilter(cfg.prefilter), probe=probe, calibration=calibration,
