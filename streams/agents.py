@@ -199,15 +199,16 @@ class StageRunner:
                         on_retry=lambda exc, n: self.metrics.retries.labels("kafka").inc())
         emitted: list[str] = []
         seen: set[str] = set()
+        repeats = Counter[str]()
         for claim in claims:
             if claim.key in seen:
                 continue
             seen.add(claim.key)
             if claim.sent:
-                self.metrics.duplicates.labels(stage, "skipped").inc()
+                repeats["skipped"] += 1
                 continue
             if not claim.fresh:
-                self.metrics.duplicates.labels(stage, "re-emitted").inc()
+                repeats["re-emitted"] += 1
             headers = [("fluxscore.article_id", claim.key.rsplit("|", 2)[0].encode()),
                        ("fluxscore.filter", claim.filter.encode())]
             for topic in (self.topics.scores(claim.filter).name, self.topics.all_scores.name):
@@ -219,6 +220,10 @@ class StageRunner:
             outbox.add(self._dlq_message(letter))
         delivered = await outbox.flush()
         await self.dedupe.mark_sent(emitted)
+        if repeats:
+            for action, n in repeats.items():
+                self.metrics.duplicates.labels(stage, action).inc(n)
+            log.info("records scored before (redelivery)", extra={"stage": stage, **repeats})
 
         for record in records:
             self.metrics.records_out.labels(record.filter.name, record.stage.value).inc()

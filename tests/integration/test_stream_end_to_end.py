@@ -1,0 +1,67 @@
+"""End to end through the real broker and Redis: articles in, exactly one record per (article, filter) out."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from scoring.package import resolve
+from tests.integration.conftest import STREAM_FILTERS, collect, produce_lines, synthetic_articles
+
+pytestmark = pytest.mark.integration
+
+N_ARTICLES = 1000
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()) or \
+                (not want and line.startswith(name + " ")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_thousand_articles_one_record_per_pair(stream_env, workers, tmp_path: Path) -> None:
+    env = stream_env.env(FLUXSCORE_METRICS_PORT="0")
+    # CPU and GPU roles in separate processes, as deployed: prefilter+probe in one, the students in another.
+    front = workers(env, "prefilter", "probe")
+    workers(stream_env.env(), "model")
+    lines = synthetic_articles(N_ARTICLES)
+    ids = {orjson.loads(line)["id"] for line in lines}
+    assert len(ids) == N_ARTICLES
+    started = time.monotonic()
+    assert produce_lines(stream_env, lines, tmp_path / "articles.jsonl") == N_ARTICLES
+
+    expected = {(i, f) for i in ids for f in STREAM_FILTERS}
+    got = collect(stream_env, lambda c: len(c.records) >= len(expected), timeout=420)
+    elapsed = time.monotonic() - started
+
+    assert got.dead == []
+    assert got.pairs == expected, f"missing {len(expected - got.pairs)} pairs after {elapsed:.0f} s"
+    assert all(len(values) == 1 for values in got.records.values()), "a key was emitted twice"
+    assert len(got.records) == len(expected)
+
+    packages = {name: resolve(name) for name in STREAM_FILTERS}
+    stages: Counter[str] = Counter()
+    for key, (value,) in got.records.items():
+        record = orjson.loads(value)
+        package = packages[record["filter"]["name"]]
+        assert key.decode() == f"{record['article_id']}|{package.name}|{package.package_hash}"
+        assert record["filter"] == {"name": package.name, "version": package.version,
+                                    "package_hash": package.package_hash}
+        assert record["model_hashes"], "provenance names the model files"
+        stages[record["stage"]] += 1
+    assert stages["stage1"] > 0
+
+    url = front.wait_for_log("metrics served")["url"]
+    text = httpx.get(url, timeout=5).text
+    assert _metric(text, "fluxscore_stream_messages_in_total", stage="prefilter") == N_ARTICLES
+    assert _metric(text, "fluxscore_stream_batch_size_count", stage="probe") > 0
+    assert _metric(text, "fluxscore_stream_dlq_total") == 0
