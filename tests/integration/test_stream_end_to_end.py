@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from scoring.package import resolve
 from tests.integration.conftest import STREAM_FILTERS, collect, produce_lines, synthetic_articles
@@ -19,13 +20,9 @@ N_ARTICLES = 1000
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()) or \
-                (not want and line.startswith(name + " ")):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
 
 
 def test_thousand_articles_one_record_per_pair(stream_env, workers, tmp_path: Path) -> None:
