@@ -135,13 +135,13 @@ class ClassifierMeta(BaseModel):
 def expand_defines(pattern: str, defines: dict[str, str], *, where: str) -> str:
     """Replace ``{{NAME}}`` with its fragment from ``defines`` (fragments may use earlier ones)."""
     for _ in range(10):
-        unknown = [n for n in _DEFINE.findall(pattern) if n not in defines]
+        names = _DEFINE.findall(pattern)
+        if not names:
+            return pattern
+        unknown = [n for n in names if n not in defines]
         if unknown:
             raise PackageError(f"{where}: pattern uses undefined fragment {{{{{unknown[0]}}}}}: {pattern!r}")
-        expanded = _DEFINE.sub(lambda m: defines[m.group(1)], pattern)
-        if expanded == pattern:
-            return expanded
-        pattern = expanded
+        pattern = _DEFINE.sub(lambda m: defines[m.group(1)], pattern)
     raise PackageError(f"{where}: fragments nest too deep (a define refers to itself?)")
 
 
