@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streams.exceptions import BrokerUnavailableError
+from streams.outbox import Sender
 from streams.topics import TopicSpec
 
 log = logging.getLogger("fluxscore.streams.kafka")
@@ -68,3 +70,11 @@ def make_consumer(bootstrap: str, *topics: str, group_id: str | None = None,
     return AIOKafkaConsumer(*topics, bootstrap_servers=servers(bootstrap), group_id=group_id,
                             auto_offset_reset="earliest" if from_beginning else "latest",
                             enable_auto_commit=group_id is not None, metadata_max_age_ms=5000)
+
+
+def aiokafka_sender(producer: AIOKafkaProducer) -> Sender:
+    """An :data:`~streams.outbox.Sender` over a plain aiokafka producer (tools and tests; workers use Faust's)."""
+    async def send(topic: str, key: bytes | None, value: bytes,
+                   headers: list[tuple[str, bytes]] | None) -> Awaitable[Any]:
+        return await producer.send(topic, value=value, key=key, headers=headers)
+    return send
