@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -29,8 +28,8 @@ _n = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def pipeline() -> Iterator[Pipeline]:
-    yield Pipeline.load(list(STREAM_FILTERS), settings=ScoringSettings.from_env({"FLUXSCORE_DEVICE": "cpu"}))
+def pipeline() -> Pipeline:
+    return Pipeline.load(list(STREAM_FILTERS), settings=ScoringSettings.from_env({"FLUXSCORE_DEVICE": "cpu"}))
 
 
 def _inbound(payloads: list[bytes], topic: str) -> list[Inbound]:

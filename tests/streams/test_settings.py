@@ -62,7 +62,7 @@ def test_roles() -> None:
 
 
 def test_require_cluster_says_what_to_set() -> None:
-    with pytest.raises(StreamSettingsError, match="KAFKA_BOOTSTRAP.*REDIS_URL"):
+    with pytest.raises(StreamSettingsError, match=r"KAFKA_BOOTSTRAP.*REDIS_URL"):
         StreamSettings.from_env({}).require_cluster()
     assert StreamSettings.from_env({"KAFKA_BOOTSTRAP": "k:1", "REDIS_URL": "redis://r"}).require_cluster() == \
         ("k:1", "redis://r")
