@@ -137,3 +137,11 @@ def register_reload_timer(app: faust.App, poll: Callable[[], Awaitable[list[str]
             raise
         except Exception:
             log.exception("hot-reload poll failed")
+
+
+def register_assignment_log(app: faust.App) -> None:
+    """Log every new assignment: which partitions this worker now serves (operators and benchmarks read it)."""
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", set())
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+    app.on_partitions_assigned.connect(on_assigned)

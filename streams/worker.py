@@ -14,7 +14,14 @@ from scoring.pipeline import Pipeline
 from scoring.settings import ScoringSettings
 from streams import logs
 from streams.agents import StageRunner
-from streams.app import build_app, faust_sender, register_agents, register_lag_timer, register_reload_timer
+from streams.app import (
+    build_app,
+    faust_sender,
+    register_agents,
+    register_assignment_log,
+    register_lag_timer,
+    register_reload_timer,
+)
 from streams.dedupe import DedupeStore
 from streams.kafka import ensure_topics
 from streams.metrics import StreamMetrics
@@ -66,6 +73,7 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
                          worker=name)
     consumed = register_agents(app, runner, settings)
     register_lag_timer(app, runner)
+    register_assignment_log(app)
     if settings.reload_interval > 0:
         reloader = Reloader(pipeline, settings.filters, metrics, role="+".join(settings.roles))
         register_reload_timer(app, lambda: reloader.poll(runner.in_thread), settings.reload_interval)

@@ -1,0 +1,252 @@
+"""Streaming overhead and scale-out: articles/s through the broker vs the same scorer in-process.
+
+    .venv/bin/python bench/stream.py [--articles 1000] [--data FILE.jsonl] [--skip-scale]
+
+1. In-process: ``Pipeline.score`` over the articles in batches (the ``fluxscore score`` path).
+2. Through Kafka: one worker (all roles) on the embedded Tansu broker + Redis (or the cluster that
+   ``KAFKA_BOOTSTRAP``/``REDIS_URL`` name), from publishing the first article to the last record.
+   Ratio = (2) / (1); target >= 0.90.
+3. Scale-out: two workers against one on 4 partitions; target >= 1.8x.
+
+Workers are warmed up (models loaded, partitions assigned, one small batch scored) before timing, as
+the in-process run is timed after loading. Results print as a table and are saved as JSON under
+``bench/results/``. Input: synthetic articles (training/synth.py) unless ``--data`` names a JSONL file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from scoring.article import parse_article  # noqa: E402
+from scoring.package import resolve  # noqa: E402
+from scoring.pipeline import Pipeline  # noqa: E402
+from scoring.settings import ScoringSettings  # noqa: E402
+from streams.cli import produce_file  # noqa: E402
+from streams.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
+from streams.kafka import make_consumer  # noqa: E402
+
+console = Console()
+TANSU_ENV = {"FLUXSCORE_PRODUCER_MAX_BATCH_BYTES": "1", "FLUXSCORE_SESSION_TIMEOUT": "3",
+             "FLUXSCORE_HEARTBEAT_INTERVAL": "0.5", "FLUXSCORE_REBALANCE_TIMEOUT": "6"}
+
+
+def load_lines(n: int, data: Path | None) -> list[bytes]:
+    if data is not None:
+        lines = [ln for ln in data.read_bytes().splitlines() if ln.strip()]
+        if len(lines) < n:
+            lines = (lines * (n // len(lines) + 1))[:n]
+            # Repeats need their own ids, or idempotency would (rightly) skip them.
+            lines = [orjson.dumps({**orjson.loads(ln), "id": f"{orjson.loads(ln)['id']}#{i}"})
+                     for i, ln in enumerate(lines)]
+        return lines[:n]
+    from training.synth import SynthConfig, generate, strip_labels
+
+    return [orjson.dumps(strip_labels(r)) for r in generate(SynthConfig(n=n, seed=2024))]
+
+
+def in_process(lines: list[bytes], filters: list[str], batch: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    pipeline = Pipeline.load(filters, settings=ScoringSettings.from_env())
+    load_s = time.perf_counter() - started
+    articles = [parse_article(line) for line in lines]
+    pipeline.score(articles[:batch])  # warm-up, like the workers' warm-up batch
+    start = time.perf_counter()
+    records = 0
+    for i in range(0, len(articles), batch):
+        records += len(pipeline.score(articles[i:i + batch]))
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 3), "articles_per_s": round(len(articles) / seconds, 2), "records": records,
+            "load_seconds": round(load_s, 2), "batch": batch}
+
+
+@dataclass
+class Cluster:
+    bootstrap: str
+    redis: str
+    broker: EmbeddedBroker | None
+    redis_server: EmbeddedRedis | None
+
+    def stop(self) -> None:
+        if self.redis_server is not None:
+            self.redis_server.cleanup()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def cluster(run_dir: Path) -> Cluster:
+    bootstrap, redis = os.environ.get("KAFKA_BOOTSTRAP"), os.environ.get("REDIS_URL")
+    broker = None if bootstrap else EmbeddedBroker(log_path=run_dir / "tansu.log").start()
+    server = None if redis else EmbeddedRedis(directory=run_dir).start()
+    return Cluster(bootstrap or (broker.bootstrap if broker else ""), redis or (server.url if server else ""),
+                   broker, server)
+
+
+async def _wait_records(bootstrap: str, topic: str, want: set[str], n_filters: int, timeout: float) -> float:
+    """Seconds until every article id in ``want`` has ``n_filters`` records (or dead letters count once)."""
+    consumer = make_consumer(bootstrap, topic)
+    await consumer.start()
+    seen: dict[str, int] = {}
+    done = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while done < len(want):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{done}/{len(want)} articles complete after {timeout} s")
+            for messages in (await consumer.getmany(timeout_ms=200, max_records=2000)).values():
+                for msg in messages:
+                    article = msg.key.decode().rsplit("|", 2)[0]
+                    if article in want:
+                        seen[article] = seen.get(article, 0) + 1
+                        if seen[article] == n_filters:
+                            done += 1
+    finally:
+        await consumer.stop()
+    return time.perf_counter()
+
+
+def _wait_assigned(logs: list[Path], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = 0
+        for path in logs:
+            text = path.read_text(errors="replace") if path.exists() else ""
+            ready += '"partitions assigned"' in text and '.articles.raw:' in text.rsplit('"partitions assigned"', 1)[-1]
+        if ready == len(logs):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("workers did not get partitions")
+
+
+def through_broker(lines: list[bytes], filters: list[str], n_workers: int, partitions: int, run_dir: Path,
+                   extra_env: dict[str, str]) -> dict[str, Any]:
+    c = cluster(run_dir)
+    prefix = f"bench{n_workers}-{int(time.time())}."
+    env = {**os.environ, **(TANSU_ENV if c.broker else {}), **extra_env,
+           "FLUXSCORE_KAFKA_BOOTSTRAP": c.bootstrap, "FLUXSCORE_REDIS_URL": c.redis, "FLUXSCORE_TOPIC_PREFIX": prefix,
+           "FLUXSCORE_APP_ID": f"bench-{prefix}", "FLUXSCORE_REDIS_PREFIX": f"bench-{prefix}",
+           "FLUXSCORE_PARTITIONS": str(partitions), "FLUXSCORE_FILTERS": ",".join(filters),
+           "FLUXSCORE_METRICS_PORT": "off", "FLUXSCORE_RELOAD_INTERVAL": "0", "FLUXSCORE_LOG_FORMAT": "json"}
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [run_dir / f"{prefix}worker{i}.log" for i in range(n_workers)]
+    raw, scores = prefix + "articles.raw", prefix + "scores.all"
+    try:
+        for log in logs:
+            procs.append(subprocess.Popen([sys.executable, "-m", "streams", "worker", "--role", "all"], cwd=REPO,
+                                          env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb")))
+        warm = [orjson.dumps({**orjson.loads(ln), "id": f"warmup-{i}"}) for i, ln in enumerate(lines[:64])]
+        warm_path, main_path = run_dir / f"{prefix}warm.jsonl", run_dir / f"{prefix}main.jsonl"
+        warm_path.write_bytes(b"\n".join(warm) + b"\n")
+        main_path.write_bytes(b"\n".join(lines) + b"\n")
+        batch_bytes = int(env.get("FLUXSCORE_PRODUCER_MAX_BATCH_BYTES", "16384"))
+        asyncio.run(produce_file(warm_path, c.bootstrap, raw, partitions=partitions, max_batch_bytes=batch_bytes))
+        _wait_assigned(logs)
+        asyncio.run(_wait_records(c.bootstrap, scores, {f"warmup-{i}" for i in range(len(warm))}, len(filters), 300))
+        want = {orjson.loads(ln)["id"] for ln in lines}
+
+        async def timed() -> tuple[float, float]:
+            waiter = asyncio.create_task(_wait_records(c.bootstrap, scores, want, len(filters), 900))
+            start = time.perf_counter()
+            await produce_file(main_path, c.bootstrap, raw, partitions=partitions, max_batch_bytes=batch_bytes)
+            return start, await waiter
+
+        start, end = asyncio.run(timed())
+        seconds = end - start
+        return {"workers": n_workers, "partitions": partitions, "seconds": round(seconds, 3),
+                "articles_per_s": round(len(lines) / seconds, 2),
+                "broker": "embedded Tansu" if c.broker else c.bootstrap}
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        c.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--articles", type=int, default=1000)
+    parser.add_argument("--data", type=Path, help="JSONL of articles instead of synthetic ones")
+    parser.add_argument("--filters", default=os.environ.get("FLUXSCORE_FILTERS", "demo,demo_tech"))
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64, help="in-process batch = the probe agent's batch")
+    parser.add_argument("--skip-scale", action="store_true", help="only the in-process vs broker ratio")
+    parser.add_argument("--scale-threads", type=int, default=1,
+                        help="torch threads per worker in the 1-vs-2 run (1: each worker gets one core)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+
+    filters = [f.strip() for f in args.filters.split(",") if f.strip()]
+    packages = [resolve(f) for f in filters]
+    lines = load_lines(args.articles, args.data)
+    source = str(args.data) if args.data else "synthetic (training/synth.py, seed 2024)"
+    console.print(f"{len(lines)} articles ({source}); filters {', '.join(p.ref for p in packages)}")
+    run_dir = Path(tempfile.mkdtemp(prefix="fluxscore-bench-"))
+    os.environ.setdefault("FLUXSCORE_PROBE_BATCH", str(args.batch))
+
+    result: dict[str, Any] = {
+        "benchmark": "stream", "at": datetime.now(UTC).isoformat(), "articles": len(lines), "input": source,
+        "filters": {p.name: {"version": p.version, "package_hash": p.package_hash} for p in packages},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "targets": {"broker_over_inprocess": 0.90, "two_workers_over_one": 1.8},
+    }
+    with console.status("in-process"):
+        result["in_process"] = in_process(lines, filters, args.batch)
+    with console.status("through the broker, 1 worker"):
+        result["broker_1"] = through_broker(lines, filters, 1, args.partitions, run_dir, {})
+    result["broker_over_inprocess"] = round(result["broker_1"]["articles_per_s"]
+                                            / result["in_process"]["articles_per_s"], 3)
+    if not args.skip_scale:
+        threads = {"FLUXSCORE_TORCH_THREADS": str(args.scale_threads)}
+        with console.status(f"scale-out: 1 worker, {args.scale_threads} thread(s)"):
+            result["scale_1"] = through_broker(lines, filters, 1, args.partitions, run_dir, threads)
+        with console.status(f"scale-out: 2 workers, {args.scale_threads} thread(s) each"):
+            result["scale_2"] = through_broker(lines, filters, 2, args.partitions, run_dir, threads)
+        result["two_workers_over_one"] = round(result["scale_2"]["articles_per_s"]
+                                               / result["scale_1"]["articles_per_s"], 3)
+
+    table = Table(title=f"fluxscore stream benchmark ({len(lines)} articles, {os.cpu_count()} CPUs)")
+    for col in ("run", "workers", "seconds", "articles/s"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    table.add_row("in-process Pipeline.score", "-", f"{result['in_process']['seconds']:.1f}",
+                  f"{result['in_process']['articles_per_s']:.1f}")
+    for key, label in (("broker_1", "through Kafka"), ("scale_1", "scale-out, 1 worker"),
+                       ("scale_2", "scale-out, 2 workers")):
+        if key in result:
+            r = result[key]
+            table.add_row(label, str(r["workers"]), f"{r['seconds']:.1f}", f"{r['articles_per_s']:.1f}")
+    ratio = result["broker_over_inprocess"]
+    table.caption = f"broker / in-process = {ratio:.2f} (target >= 0.90)"
+    if "two_workers_over_one" in result:
+        table.caption += f"; 2 workers / 1 = {result['two_workers_over_one']:.2f}x (target >= 1.8x)"
+    console.print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"stream-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    console.print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
