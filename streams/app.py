@@ -5,7 +5,7 @@ topic's partitions to the members that subscribe to it, so CPU (prefilter) and G
 workers scale separately and partitions spread the load across workers of one role.
 
 Micro-batches come from ``stream.noack_take(max, within)`` — ``take`` without its automatic acks: a
-batch's offsets are acknowledged by :func:`_batch_agent` only after every output of the batch was
+batch's offsets are acknowledged by :func:`batch_agent` only after every output of the batch was
 acknowledged by Kafka. If a batch cannot complete for a reason other than a bad record (which goes to
 the DLQ) or an unavailable service (which is waited for), the worker stops without acknowledging it,
 and the batch is redelivered after the restart.
@@ -73,7 +73,7 @@ def faust_sender(app: faust.App) -> Sender:
     return send
 
 
-def _batch_agent(handler: Callable[[Sequence[Inbound]], Awaitable[None]], stage: str, size: int,
+def batch_agent(handler: Callable[[Sequence[Inbound]], Awaitable[None]], stage: str, size: int,
                  within: float) -> Callable[[Any], Awaitable[None]]:
     async def agent(stream: Any) -> None:
         async for events in stream.noack_take(size, within=within):
@@ -109,7 +109,7 @@ def register_agents(app: faust.App, runner: StageRunner, settings: StreamSetting
             continue
         spec, handler, size, within = plan[role]
         app.agent(faust_topic(app, spec, settings.replication), name=f"fluxscore.{role}",
-                  concurrency=1)(_batch_agent(handler, role, size, within))
+                  concurrency=1)(batch_agent(handler, role, size, within))
         consumed.append(spec.name)
     return consumed
 

@@ -208,6 +208,9 @@ class StreamSettings:
     def with_roles(self, roles: str | list[str] | tuple[str, ...]) -> StreamSettings:
         return replace(self, roles=parse_roles(roles))
 
+    def with_app_id(self, app_id: str) -> StreamSettings:
+        return replace(self, app_id=app_id)
+
     def require_cluster(self) -> tuple[str, str]:
         """Bootstrap servers and Redis URL, or an error naming the variables to set."""
         missing = [name for name, value in (("FLUXSCORE_KAFKA_BOOTSTRAP (or KAFKA_BOOTSTRAP)", self.kafka_bootstrap),
