@@ -8,7 +8,7 @@ Filter behaviour is data in each package and model/batch settings of the scoring
 | ``FLUXSCORE_KAFKA_BOOTSTRAP`` (or ``KAFKA_BOOTSTRAP``) | (none) | Kafka bootstrap servers, ``host:port[,host:port]`` |
 | ``FLUXSCORE_REDIS_URL`` (or ``REDIS_URL``) | (none) | Redis URL for idempotency, e.g. ``redis://127.0.0.1:6379/0`` |
 | ``FLUXSCORE_APP_ID`` | ``fluxscore`` | Faust app id = Kafka consumer group of the workers |
-| ``FLUXSCORE_ROLES`` | ``all`` | roles of this worker: ``prefilter``, ``probe``, ``model``, ``all`` (comma-separated) |
+| ``FLUXSCORE_ROLES`` | ``all`` | any of ``prefilter,probe,model``; ``all`` (those); ``shadow``; ``monitor`` |
 | ``FLUXSCORE_FILTERS`` | ``demo,demo_tech`` | filter refs (``name``, ``name@version`` or a package directory) |
 | ``FLUXSCORE_SHADOW_FILTERS`` | (none) | refs scored beside the live version by the ``shadow`` role |
 | ``FLUXSCORE_TOPIC_PREFIX`` | (none) | prepended to every topic name, e.g. ``staging.`` |
@@ -18,6 +18,7 @@ Filter behaviour is data in each package and model/batch settings of the scoring
 | ``FLUXSCORE_TOPIC_DLQ`` | ``articles.dlq`` | records that could not be processed |
 | ``FLUXSCORE_TOPIC_SCORES`` | ``scores`` | score topics are ``<this>.<filter>`` and ``<this>.all`` |
 | ``FLUXSCORE_TOPIC_SHADOW`` | ``scores.shadow`` | live-vs-shadow comparisons |
+| ``FLUXSCORE_TOPIC_DRIFT`` | ``monitor.drift`` | drift reports of the ``monitor`` role, keyed by filter |
 | ``FLUXSCORE_PARTITIONS`` | ``4`` | partitions of every topic the workers create |
 | ``FLUXSCORE_PARTITIONS_<RAW/SCREENED/ESCALATED/SCORES/DLQ>`` | ``FLUXSCORE_PARTITIONS`` | per-topic override |
 | ``FLUXSCORE_REPLICATION`` | ``1`` | replication factor of created topics |
@@ -36,6 +37,10 @@ Filter behaviour is data in each package and model/batch settings of the scoring
 | ``FLUXSCORE_REBALANCE_TIMEOUT`` | ``20`` | Kafka consumer rebalance timeout (s) |
 | ``FLUXSCORE_COMMIT_INTERVAL`` | ``1`` | seconds between offset commits (only processed batches are committed) |
 | ``FLUXSCORE_PRODUCER_MAX_BATCH_BYTES`` | ``16384`` | producer batch bytes; ``1``: one record per batch (for Tansu) |
+| ``FLUXSCORE_MONITOR_REFERENCE_SIZE`` | ``500`` | records per filter in the drift reference window |
+| ``FLUXSCORE_MONITOR_WINDOW`` | ``500`` | records per filter in the current (sliding) window |
+| ``FLUXSCORE_MONITOR_EVERY`` | ``250`` | new records per filter between drift reports |
+| ``FLUXSCORE_MONITOR_REFERENCE_FILE`` | (none) | JSONL of score records to use as the reference instead |
 | ``FLUXSCORE_LOG_FORMAT`` | ``json`` | ``json`` (one object per line) or ``text`` |
 | ``FLUXSCORE_LOG_LEVEL`` | ``INFO`` | log level |
 """
@@ -45,13 +50,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from streams.exceptions import StreamSettingsError
 
-Role = Literal["prefilter", "probe", "model", "shadow"]
+Role = Literal["prefilter", "probe", "model", "shadow", "monitor"]
 PIPELINE_ROLES: tuple[Role, ...] = ("prefilter", "probe", "model")
-ROLES: tuple[Role, ...] = ("prefilter", "probe", "model", "shadow")
+# Each reads in a consumer group of its own (it must see every message), so it cannot share a Faust
+# app, which has one group, with other roles.
+SOLO_ROLES: tuple[Role, ...] = ("shadow", "monitor")
+ROLES: tuple[Role, ...] = (*PIPELINE_ROLES, *SOLO_ROLES)
 PARTITIONED_TOPICS = ("raw", "screened", "escalated", "scores", "dlq")
 
 
@@ -96,11 +105,11 @@ def parse_roles(raw: str | list[str] | tuple[str, ...]) -> tuple[Role, ...]:
     if unknown:
         raise StreamSettingsError(f"unknown role(s) {', '.join(unknown)}; choose from all, " + ", ".join(ROLES),
                                   variable="FLUXSCORE_ROLES")
-    wanted = set(PIPELINE_ROLES) | set(items) if "all" in items else set(items)
-    if "shadow" in wanted and len(wanted) > 1:
-        # The shadow scorer is its own consumer group (it sees every article), so it cannot share a
-        # Faust app with the pipeline roles.
-        raise StreamSettingsError("the shadow role runs alone in its worker", variable="FLUXSCORE_ROLES")
+    wanted = set(PIPELINE_ROLES) | set(items) - {"all"} if "all" in items else set(items)
+    solo = wanted & set(SOLO_ROLES)
+    if solo and len(wanted) > 1:
+        raise StreamSettingsError(f"the {'/'.join(sorted(solo))} role runs alone in its worker",
+                                  variable="FLUXSCORE_ROLES")
     return tuple(r for r in ROLES if r in wanted)
 
 
@@ -123,6 +132,7 @@ class StreamSettings:
     topic_dlq: str = "articles.dlq"
     topic_scores: str = "scores"
     topic_shadow: str = "scores.shadow"
+    topic_drift: str = "monitor.drift"
     partitions: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(PARTITIONED_TOPICS, 4))
     replication: int = 1
     prefilter_batch: int = 64
@@ -143,6 +153,10 @@ class StreamSettings:
     rebalance_timeout: float = 20.0
     commit_interval: float = 1.0
     producer_max_batch_bytes: int = 16384
+    monitor_reference_size: int = 500
+    monitor_window: int = 500
+    monitor_every: int = 250
+    monitor_reference_file: Path | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
@@ -181,6 +195,7 @@ class StreamSettings:
             topic_dlq=_get(env, p + "TOPIC_DLQ") or "articles.dlq",
             topic_scores=_get(env, p + "TOPIC_SCORES") or "scores",
             topic_shadow=_get(env, p + "TOPIC_SHADOW") or "scores.shadow",
+            topic_drift=_get(env, p + "TOPIC_DRIFT") or "monitor.drift",
             partitions=partitions,
             replication=_int(env, p + "REPLICATION", 1),
             prefilter_batch=_int(env, p + "PREFILTER_BATCH", 64),
@@ -201,6 +216,10 @@ class StreamSettings:
             rebalance_timeout=_float(env, p + "REBALANCE_TIMEOUT", 20.0, minimum=0.1),
             commit_interval=_float(env, p + "COMMIT_INTERVAL", 1.0, minimum=0.05),
             producer_max_batch_bytes=_int(env, p + "PRODUCER_MAX_BATCH_BYTES", 16384),
+            monitor_reference_size=_int(env, p + "MONITOR_REFERENCE_SIZE", 500),
+            monitor_window=_int(env, p + "MONITOR_WINDOW", 500),
+            monitor_every=_int(env, p + "MONITOR_EVERY", 250),
+            monitor_reference_file=Path(ref_file) if (ref_file := _get(env, p + "MONITOR_REFERENCE_FILE")) else None,
             log_format=log_format,  # type: ignore[arg-type]
             log_level=(_get(env, p + "LOG_LEVEL") or "INFO").upper(),
         )

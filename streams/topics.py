@@ -29,6 +29,7 @@ class Topics:
     scores_base: str
     scores_partitions: int
     shadow: TopicSpec
+    drift: TopicSpec
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> Topics:
@@ -40,8 +41,9 @@ class Topics:
         topics = cls(prefix=p, raw=spec(settings.topic_raw, "raw"), screened=spec(settings.topic_screened, "screened"),
                      escalated=spec(settings.topic_escalated, "escalated"), dlq=spec(settings.topic_dlq, "dlq"),
                      scores_base=_checked(p + settings.topic_scores), scores_partitions=parts["scores"],
-                     shadow=spec(settings.topic_shadow, "scores"))
-        names = [t.name for t in (topics.raw, topics.screened, topics.escalated, topics.dlq, topics.shadow)]
+                     shadow=spec(settings.topic_shadow, "scores"), drift=spec(settings.topic_drift, "scores"))
+        names = [t.name for t in (topics.raw, topics.screened, topics.escalated, topics.dlq, topics.shadow,
+                                  topics.drift)]
         if len(set(names)) != len(names):
             raise StreamSettingsError(f"two stream topics have the same name: {names}")
         return topics

@@ -48,6 +48,10 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
         from streams.shadow import run_shadow_worker
 
         return run_shadow_worker(settings, scoring, topics, metrics, name)
+    if "monitor" in settings.roles:
+        from streams.monitor import run_monitor_worker
+
+        return run_monitor_worker(settings, topics, metrics, name)
 
     started = time.perf_counter()
     # Models load once, before joining the group: a worker never holds partitions it cannot serve yet.
