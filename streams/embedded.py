@@ -49,8 +49,11 @@ def tansu_binary() -> Path:
 
 
 def redis_server_binary() -> Path | None:
+    """``FLUXSCORE_REDIS_SERVER`` if set (and executable), else ``redis-server`` on the PATH."""
     override = os.environ.get("FLUXSCORE_REDIS_SERVER")
-    found = override or shutil.which("redis-server")
+    if override:
+        return Path(override) if os.access(override, os.X_OK) and Path(override).is_file() else None
+    found = shutil.which("redis-server")
     return Path(found) if found else None
 
 
