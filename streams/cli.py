@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,11 +15,12 @@ import typer
 from rich.console import Console
 
 from streams.exceptions import StreamError
-from streams.settings import ROLES, StreamSettings
+from streams.settings import StreamSettings
 
 console = Console(stderr=True)
 
-ROLE_HELP = "all, or a comma-separated subset of: " + ", ".join(ROLES) + " (repeatable)"
+ROLE_HELP = ("prefilter, probe, model (any of them; comma-separated or repeated), all (those three), "
+             "or shadow / monitor (each alone)")
 
 
 def worker(
@@ -27,8 +29,6 @@ def worker(
     = None,
 ) -> None:
     """Run a stream worker (Faust) with the given roles until SIGTERM/SIGINT."""
-    import os
-
     from streams.worker import run_worker
 
     env = dict(os.environ)

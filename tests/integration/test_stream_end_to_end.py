@@ -47,6 +47,7 @@ def test_thousand_articles_one_record_per_pair(stream_env, workers, tmp_path: Pa
 
     packages = {name: resolve(name) for name in STREAM_FILTERS}
     stages: Counter[str] = Counter()
+    probed = 0
     for key, (value,) in got.records.items():
         record = orjson.loads(value)
         package = packages[record["filter"]["name"]]
@@ -55,10 +56,27 @@ def test_thousand_articles_one_record_per_pair(stream_env, workers, tmp_path: Pa
                                     "package_hash": package.package_hash}
         assert record["model_hashes"], "provenance names the model files"
         stages[record["stage"]] += 1
+        probed += "probe" in record["timings_ms"]
     assert stages["stage1"] > 0
 
     url = front.wait_for_log("metrics served")["url"]
     text = httpx.get(url, timeout=5).text
     assert _metric(text, "fluxscore_stream_messages_in_total", stage="prefilter") == N_ARTICLES
     assert _metric(text, "fluxscore_stream_batch_size_count", stage="probe") > 0
+    assert _metric(text, "fluxscore_stream_batch_seconds_count", stage="prefilter") > 0
+    # Every pair that reached the probe (its timings say so) was counted there, escalations among them.
+    assert _metric(text, "fluxscore_stream_probed_total") == probed > 0
+    assert _metric(text, "fluxscore_stream_escalated_total") == stages["stage2"]
     assert _metric(text, "fluxscore_stream_dlq_total") == 0
+    # Lag is sampled every 5 s: once everything is scored it drops to zero on every raw partition.
+    raw = stream_env.topic("articles.raw")
+    deadline = time.monotonic() + 20
+    while True:
+        text = httpx.get(url, timeout=5).text
+        lags = [s for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "fluxscore_stream_consumer_lag" and s.labels["topic"] == raw]
+        if (len(lags) == 4 and sum(s.value for s in lags) == 0) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(lags) == 4 and sum(s.value for s in lags) == 0, lags
+
