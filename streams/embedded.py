@@ -15,8 +15,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,13 +59,19 @@ def redis_server_binary() -> Path | None:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux only: the child gets SIGTERM when the process that started it dies (even by kill -9),
-    # so a crashed demo or test session leaves no broker behind.
+    # Linux only: the child gets SIGTERM when its parent dies (even by kill -9), so a crashed demo or
+    # test session leaves no broker behind.
     if sys.platform.startswith("linux"):
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _child_setup() -> Callable[[], None] | None:
+    # The death signal follows the *thread* that forked, not the process: a server started from a
+    # worker thread would be killed when that thread ends. Only tie it to the main thread.
+    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
@@ -109,7 +116,7 @@ class EmbeddedBroker:
         self.proc = subprocess.Popen(
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_child_setup())
         _wait_port(LOOPBACK, self.port, self.proc, "the Tansu broker", timeout)
         log.info("embedded broker started", extra={"bootstrap": self.bootstrap, "pid": self.proc.pid})
         return self
@@ -145,7 +152,7 @@ class EmbeddedRedis:
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
                 "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                     stdin=subprocess.DEVNULL, preexec_fn=_child_setup())
         _wait_port(LOOPBACK, self.port, self.proc, "redis-server", timeout)
         log.info("embedded redis started", extra={"url": self.url, "pid": self.proc.pid})
         return self

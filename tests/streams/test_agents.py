@@ -90,15 +90,19 @@ def test_redelivered_batch_yields_the_same_records(pipeline: Pipeline, broker, r
             probe_in = _inbound([v for _, v in screened], h.topics.screened.name)
             await runner.probe(probe_in)
             await runner.probe(probe_in)
+            escalated = await h.read(h.topics.escalated.name, 1, wait=1.0)
+            model_in = _inbound([v for _, v in escalated], h.topics.escalated.name)
+            await runner.model(model_in)
+            await runner.model(model_in)
             scores = await h.read(h.topics.all_scores.name, len(articles) * len(STREAM_FILTERS))
             return screened, scores, runner
 
     screened, scores, runner = asyncio.run(run())
     keys = [k for k, _ in scores]
     assert len(keys) == len(set(keys)) == len(articles) * len(STREAM_FILTERS), "one message per key"
-    skipped = runner.metrics.duplicates.labels("probe", "skipped")._value.get() + \
-        runner.metrics.duplicates.labels("prefilter", "skipped")._value.get()
-    assert skipped > 0, "the second pass found the records delivered and skipped them"
+    skipped = {stage: runner.metrics.duplicates.labels(stage, "skipped")._value.get()
+               for stage in ("prefilter", "probe", "model")}
+    assert skipped["probe"] > 0 and skipped["model"] > 0, "second passes found their records delivered: skipped"
     assert {orjson.loads(v)["article"]["id"] for _, v in screened} <= {orjson.loads(a)["id"] for a in articles}
 
 
@@ -130,23 +134,31 @@ def test_a_record_stored_by_a_crashed_worker_is_the_one_emitted(pipeline: Pipeli
 
 
 def test_bad_items_go_to_the_dlq_and_the_rest_of_the_batch_flows(pipeline: Pipeline, broker, redis_server) -> None:
-    async def run() -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    demo = pipeline.filters["demo"]
+    assert demo.package.has_stage2, "the demo filter has a stage-2 student"
+
+    async def run() -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
         h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
         async with h as runner:
-            unknown = Escalation(article_id="esc-1", text="some text", filter="no_such_filter",
-                                 package_hash="0" * 16, stage1_raw=[5.0], stage1_estimate=5.0,
-                                 prefilter=PrefilterResult(passed=True))
-            batch = _inbound([encode(unknown), b'{"article_id": "esc-2", "text": 3}', b"\xff"],
+            good = Escalation(article_id="esc-ok", text="A city opened a free clinic that now serves 40,000 people.",
+                              filter="demo", package_hash=demo.ref.package_hash,
+                              stage1_raw=[5.0] * len(demo.package.config.dimensions), stage1_estimate=5.0,
+                              prefilter=PrefilterResult(passed=True))
+            unknown = good.model_copy(update={"article_id": "esc-1", "filter": "no_such_filter"})
+            batch = _inbound([encode(unknown), b'{"article_id": "esc-2", "text": 3}', encode(good), b"\xff"],
                              h.topics.escalated.name)
             await runner.model(batch)
             dead = await h.read(h.topics.dlq.name, 3)
+            scored = await h.read(h.topics.all_scores.name, 1)
             screened_bad = _inbound([b'{"article": {"id": "s-1"}}'], h.topics.screened.name)
             await runner.probe(screened_bad)
-            return dead, await h.read(h.topics.dlq.name, 4)
+            return dead, scored, await h.read(h.topics.dlq.name, 4)
 
-    first, everything = asyncio.run(run())
+    first, scored, everything = asyncio.run(run())
     letters = [DeadLetterRecord.parse(v) for _, v in first]
     assert sorted((d.article_id or "", d.stage, d.error_type.rsplit(".", 1)[-1]) for d in letters) == [
         ("", "model", "WireFormatError"), ("esc-1", "model", "ScoringError"), ("esc-2", "model", "WireFormatError")]
+    (record,) = [ScoreRecord.from_json(v) for _, v in scored]
+    assert (record.article_id, record.filter.name, record.stage.value) == ("esc-ok", "demo", "stage2")
     probe_letter = [DeadLetterRecord.parse(v) for _, v in everything if DeadLetterRecord.parse(v).stage == "probe"]
     assert [(d.article_id, d.error_type.rsplit(".", 1)[-1]) for d in probe_letter] == [("s-1", "WireFormatError")]

@@ -14,7 +14,7 @@ from streams.dedupe import DedupeStore
 from streams.embedded import EmbeddedRedis
 from tests.integration.conftest import redis_url
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 _n = itertools.count()
 
 
