@@ -1,0 +1,450 @@
+"""The work of each ``fluxscore train`` command, without the command line.
+
+A *workspace* directory holds what training produces besides the package: the splits
+(``splits/``), reports (``reports/<step>.md`` + PNGs) and cached stage-2 predictions. Model files go
+into the package directory, at the paths its filter.yaml names, so after the last step the package is
+complete and ``export`` only has to check and copy it. Embeddings are cached on disk, keyed by model
+and text hash, and shared between filters and runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from scoring.calibration import Calibration, Stage
+from scoring.package import FilterConfig, FilterPackage, load_package
+from training import calibrate as calib
+from training import threshold as thr
+from training.dataset import SPLITS, LabelledSet, Prepared, load_split, prepare, write_prepared
+from training.exceptions import TrainingError
+from training.report import Report, calibration_curves, loss_curves, predicted_vs_oracle, threshold_sweep
+
+# (description, completed, total) -> None; total None for an unknown amount of work.
+ProgressFn = Callable[[str, int, int | None], None]
+
+
+def _quiet(description: str, completed: int, total: int | None) -> None:
+    return None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FLUXSCORE_CACHE_DIR", ".cache/fluxscore")).expanduser() / "embeddings"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    cache_dir: Path = field(default_factory=default_cache_dir)
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    def split(self, name: str, config: FilterConfig) -> LabelledSet:
+        return load_split(self.splits, name, config)
+
+
+def _mae(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.abs(np.asarray(pred) - np.asarray(target)).mean()) if len(target) else float("nan")
+
+
+# -- prepare -------------------------------------------------------------------------------------
+
+def run_prepare(data: Path, package: FilterPackage, work: Workspace, *, fractions: Sequence[float],
+                by_time: bool = False, seed: int = 0) -> Prepared:
+    prepared = prepare(data, package.config, fractions=fractions, by_time=by_time, seed=seed)
+    write_prepared(prepared, work.splits)
+    m = prepared.manifest
+    report = Report(work.reports, "prepare", f"prepare — {package.ref}")
+    report.text(f"Source `{data}` (sha256 {m['source_sha256']}), read {m['read']} records, {m['usable']} usable, "
+                f"{m['kept']} kept after de-duplication. Label layouts: {m['layouts']}. "
+                f"Split {'by time within each tier' if by_time else 'at random within each tier'} (seed {seed}).")
+    report.heading("Splits")
+    report.table(["split", "articles", "LOW", "MEDIUM", "HIGH"],
+                 [[name, s["count"], s["tiers"].get("LOW", 0), s["tiers"].get("MEDIUM", 0),
+                   s["tiers"].get("HIGH", 0)] for name, s in m["splits"].items()])
+    d = m["dedup"]
+    report.heading("De-duplication")
+    report.kv({"repeated ids dropped": len(d["duplicate_ids"]), "identical texts dropped": len(d["identical_texts"]),
+               "near-duplicate groups (kept together)": d["near_duplicate_groups"],
+               "articles in those groups": d["near_duplicate_members"]})
+    if m["skipped"]:
+        report.heading("Skipped records")
+        report.table(["id", "reason"], [[s["id"], s["reason"]] for s in m["skipped"][:50]])
+        if len(m["skipped"]) > 50:
+            report.text(f"… and {len(m['skipped']) - 50} more (all listed in splits/manifest.json).")
+    report.write()
+    return prepared
+
+
+# -- embeddings and stage-1 predictions -----------------------------------------------------------
+
+def embed(package: FilterPackage, texts: Sequence[str], work: Workspace, *, device: str = "cpu",
+          progress: ProgressFn = _quiet, chunk: int = 256) -> np.ndarray:
+    """Stage-1 embeddings of ``texts`` as the pipeline makes them, through the on-disk cache."""
+    from scoring.embedding import load_embedder
+    from training.probe import EmbeddingCache, embed_with_cache
+
+    cfg = package.config
+    embedder = load_embedder(cfg.stage1.embedding_model, device)
+    cache = EmbeddingCache(work.cache_dir)
+    parts = []
+    label = f"embedding ({cfg.stage1.embedding_model})"
+    progress(label, 0, len(texts))
+    for start in range(0, len(texts), chunk):
+        parts.append(embed_with_cache(embedder, texts[start:start + chunk], cache,
+                                      head=cfg.preprocessing.head_tokens, tail=cfg.preprocessing.tail_tokens))
+        progress(label, min(start + chunk, len(texts)), len(texts))
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
+
+
+def probe_predict(package: FilterPackage, texts: Sequence[str], work: Workspace, *, device: str = "cpu",
+                  progress: ProgressFn = _quiet) -> np.ndarray:
+    from scoring.probe import Probe
+
+    cfg = package.config
+    probe = Probe.load(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta))
+    return probe.predict(embed(package, texts, work, device=device, progress=progress))
+
+
+# -- probe ---------------------------------------------------------------------------------------
+
+@dataclass
+class ProbeOutcome:
+    history: dict[str, Any]
+    validation_mae: dict[str, float]
+    mean_baseline_mae: dict[str, float]
+
+
+def run_probe(package: FilterPackage, work: Workspace, *, device: str = "cpu", progress: ProgressFn = _quiet,
+              **recipe: Any) -> ProbeOutcome:
+    from training.probe import train_probe
+
+    cfg = package.config
+    train, val = work.split("train", cfg), work.split("validation", cfg)
+    if len(train) < 5 or len(val) < 2:
+        raise TrainingError(f"too little data to train a probe: {len(train)} train, {len(val)} validation rows",
+                            filter=package.ref, step="probe")
+    x_train = embed(package, train.texts, work, device=device, progress=progress)
+    x_val = embed(package, val.texts, work, device=device, progress=progress)
+    max_epochs = int(recipe.get("max_epochs", 400))
+
+    def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+        progress(f"probe (val MAE {metrics['val_mae']:.3f})", epoch, total)
+
+    progress("probe", 0, max_epochs)
+    probe, history = train_probe(x_train, train.targets, cfg.dimension_names, cfg.stage1.embedding_model,
+                                 val_embeddings=x_val, val_targets=val.targets, progress=on_epoch, **recipe)
+    probe.save(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta))
+    pred = probe.predict(x_val)
+    val_mae = calib.mae_per_dim(pred, val.targets, cfg.dimension_names)
+    mean_mae = calib.mae_per_dim(np.broadcast_to(train.targets.mean(axis=0), val.targets.shape), val.targets,
+                                 cfg.dimension_names)
+    report = Report(work.reports, "probe", f"probe — {package.ref}")
+    report.text(f"MLP {history['recipe']['hidden']} on `{cfg.stage1.embedding_model}` embeddings "
+                f"(head {cfg.preprocessing.head_tokens} + tail {cfg.preprocessing.tail_tokens} tokens), "
+                f"{history['n_train']} training / {history['n_val']} validation articles; stopped after "
+                f"{history['epochs_run']} epochs, best epoch {history['best_epoch']} restored. "
+                f"Saved to `{cfg.stage1.probe}` + `{cfg.stage1.probe_meta}`.")
+    report.table(["dimension", "validation MAE", "predict-the-mean MAE"],
+                 [[d, val_mae[d], mean_mae[d]] for d in cfg.dimension_names]
+                 + [["**all**", float(np.mean(list(val_mae.values()))), float(np.mean(list(mean_mae.values())))]])
+    report.figure("loss", loss_curves(history, "probe"), "loss curves")
+    report.figure("validation", predicted_vs_oracle(pred, val.targets, cfg.dimension_names, "validation split"),
+                  "predicted vs oracle (validation)")
+    report.write()
+    return ProbeOutcome(history=history, validation_mae=val_mae, mean_baseline_mae=mean_mae)
+
+
+# -- student -------------------------------------------------------------------------------------
+
+def tier_weights(data: LabelledSet, config: FilterConfig) -> np.ndarray:
+    """Inverse tier frequency, mean 1: MEDIUM and HIGH articles are rare and matter most."""
+    tiers = [t.value for t in data.tiers(config)]
+    counts = {t: tiers.count(t) for t in set(tiers)}
+    w = np.asarray([len(tiers) / (len(counts) * counts[t]) for t in tiers], dtype=np.float64)
+    return w / w.mean()
+
+
+def _adapter_key(package: FilterPackage) -> str:
+    return package.model_hashes.get("adapter", "none")
+
+
+def student_predict(package: FilterPackage, texts: Sequence[str], work: Workspace, split: str, *,
+                    device: str = "cpu", progress: ProgressFn = _quiet) -> np.ndarray:
+    """Stage-2 predictions through the serving code (StudentPool), cached per adapter hash and split."""
+    from scoring.student import StudentPool
+
+    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+    path = work.predictions / f"stage2-{package.name}-{_adapter_key(package)}-{split}-{key}.json"
+    if path.is_file():
+        return np.asarray(orjson.loads(path.read_bytes()), dtype=np.float64)
+    pool = StudentPool(device=device, batch_size=16)
+    pool.register(package)
+    out = []
+    label = f"student predictions ({split})"
+    progress(label, 0, len(texts))
+    for start in range(0, len(texts), 64):
+        out.append(pool.predict(package.ref, texts[start:start + 64]))
+        progress(label, min(start + 64, len(texts)), len(texts))
+    pred = np.concatenate(out) if out else np.zeros((0, len(package.config.dimensions)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(pred.tolist()))
+    return pred
+
+
+def _portable_adapter(adapter_dir: Path, base_model: str) -> None:
+    """peft records the base's resolved local path; a package must name it as its config does, and
+    carry no machine-specific files."""
+    config_file = adapter_dir / "adapter_config.json"
+    if config_file.is_file():
+        body = orjson.loads(config_file.read_bytes())
+        body["base_model_name_or_path"] = base_model
+        config_file.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    (adapter_dir / "README.md").unlink(missing_ok=True)
+
+
+@dataclass
+class StudentOutcome:
+    history: dict[str, Any]
+    validation_mae: dict[str, float]
+    seconds: float
+
+
+def run_student(package: FilterPackage, work: Workspace, *, device: str = "cpu", weighting: str = "none",
+                max_train: int | None = None, seed: int = 0, progress: ProgressFn = _quiet,
+                **recipe: Any) -> StudentOutcome:
+    from training.student import train_student
+
+    cfg = package.config
+    if cfg.stage2 is None:
+        raise TrainingError(f"{package.ref} has no stage2 section; add one to train a student",
+                            filter=package.ref, step="student")
+    train, val = work.split("train", cfg), work.split("validation", cfg)
+    if max_train is not None and len(train) > max_train:
+        # A stratified-enough subset: the split is already shuffled within tiers, so every k-th row.
+        rows = np.linspace(0, len(train) - 1, max_train).round().astype(int)
+        train = train.subset(np.unique(rows))
+    if weighting not in ("none", "tier"):
+        raise TrainingError(f"unknown sample weighting {weighting!r} (none, tier)", step="student")
+    weights = tier_weights(train, cfg) if weighting == "tier" else None
+
+    def on_step(p: Any) -> None:
+        if p.phase == "train":
+            progress(f"student epoch {p.epoch}/{p.epochs}" + (f" (loss {p.loss:.3f})" if p.loss else ""),
+                     p.step, p.steps)
+        else:
+            progress(f"student validation MAE {p.val_mae:.3f}", p.step, p.steps)
+
+    started = time.monotonic()
+    result = train_student(train.texts, train.targets, cfg.dimension_names, cfg.stage2.base_model,
+                           package.file(cfg.stage2.adapter), sample_weights=weights, val_texts=val.texts,
+                           val_targets=val.targets, device=device, progress=on_step,
+                           history_path=work.reports / "student_history.json",
+                           head_tokens=cfg.preprocessing.head_tokens, tail_tokens=cfg.preprocessing.tail_tokens,
+                           max_length=cfg.stage2.max_length, seed=seed, **recipe)
+    seconds = time.monotonic() - started
+    _portable_adapter(package.file(cfg.stage2.adapter), cfg.stage2.base_model)
+    package = load_package(package.path)  # the adapter changed: a new hash
+    pred = student_predict(package, val.texts, work, "validation", device=device, progress=progress)
+    val_mae = calib.mae_per_dim(pred, val.targets, cfg.dimension_names)
+    hist = result.history
+    curves = {"train_loss": [e.get("train_loss") for e in hist.get("epochs", [])],
+              "val_mae": [e.get("val_mae") for e in hist.get("epochs", [])], "best_epoch": result.best_epoch}
+    report = Report(work.reports, "student", f"student — {package.ref}")
+    report.text(f"LoRA on `{cfg.stage2.base_model}`, {hist.get('n_train')} training / {hist.get('n_val')} "
+                f"validation articles, {len(hist.get('epochs', []))} epochs on {device} in {seconds:.0f} s, "
+                f"sample weighting: {weighting}. Checkpoint chosen on validation MAE: epoch {result.best_epoch}. "
+                f"Adapter saved to `{cfg.stage2.adapter}/`.")
+    report.table(["dimension", "validation MAE (served through StudentPool)"],
+                 [[d, val_mae[d]] for d in cfg.dimension_names]
+                 + [["**all**", float(np.mean(list(val_mae.values())))]])
+    report.figure("loss", loss_curves(curves, "student"), "loss curves")
+    report.figure("validation", predicted_vs_oracle(pred, val.targets, cfg.dimension_names, "validation split"),
+                  "predicted vs oracle (validation)")
+    report.write()
+    return StudentOutcome(history=hist, validation_mae=val_mae, seconds=seconds)
+
+
+# -- calibrate -----------------------------------------------------------------------------------
+
+def _ids_digest(data: LabelledSet) -> str:
+    return hashlib.sha256("\n".join(data.ids).encode()).hexdigest()[:16]
+
+
+def run_calibrate(package: FilterPackage, work: Workspace, *, device: str = "cpu", stages: Sequence[str] = (),
+                  progress: ProgressFn = _quiet, seed: int = 0) -> calib.CalibrationReport:
+    cfg = package.config
+    if not cfg.calibration:
+        raise TrainingError(f"{package.ref} names no calibration file; add `calibration: calibration.json`",
+                            filter=package.ref, step="calibrate")
+    cal, test = work.split("calibration", cfg), work.split("test", cfg)
+    all_stages: tuple[Stage, ...] = ("stage1", "stage2")
+    wanted: list[Stage] = [s for s in all_stages if not stages or s in stages]
+    if "stage2" in wanted and (cfg.stage2 is None or not package.file(cfg.stage2.adapter).is_dir()):
+        wanted.remove("stage2")
+    cal_preds: dict[Stage, np.ndarray] = {}
+    test_preds: dict[Stage, np.ndarray] = {}
+    for stage in wanted:
+        if stage == "stage1":
+            cal_preds[stage] = probe_predict(package, cal.texts, work, device=device, progress=progress)
+            test_preds[stage] = probe_predict(package, test.texts, work, device=device, progress=progress)
+        else:
+            cal_preds[stage] = student_predict(package, cal.texts, work, "calibration", device=device,
+                                               progress=progress)
+            test_preds[stage] = student_predict(package, test.texts, work, "test", device=device,
+                                                progress=progress)
+    path = package.file(cfg.calibration)
+    existing = Calibration.load(path) if path.is_file() else None
+    meta = {"fitted_on": {"split": "calibration", "n": len(cal), "ids_sha256": _ids_digest(cal)}}
+    result = calib.fit_calibration(cfg.dimension_names, cal_preds, cal.targets, existing=existing,
+                                   test_preds=test_preds, test_targets=test.targets, meta=meta, seed=seed)
+    result.calibration.save(path)
+    report = Report(work.reports, "calibrate", f"calibrate — {package.ref}")
+    report.text(f"Isotonic maps fitted on the calibration split ({len(cal)} articles; the validation split, "
+                f"which chose the checkpoints, is not used). A dimension keeps its map only when it lowers the "
+                f"MAE out of fold within the calibration split. Test split: {len(test)} articles.")
+    for fit in result.fits.values():
+        stage = fit.stage
+        before, after = result.test_mae[stage]["before"], result.test_mae[stage]["after"]
+        report.heading(f"{stage}")
+        report.table(["dimension", "map kept", "cal. CV MAE raw", "cal. CV MAE isotonic", "test MAE before",
+                      "test MAE after"],
+                     [[d, "yes" if fit.kept[d] else "no (identity)", fit.calibration_cv_mae["raw"][d],
+                       fit.calibration_cv_mae["isotonic"][d], before[d], after[d]] for d in cfg.dimension_names]
+                     + [["**all**", "", "", "", float(np.mean(list(before.values()))),
+                         float(np.mean(list(after.values())))]])
+        report.figure(f"{stage}-curves", calibration_curves(cal_preds[stage], cal.targets, cfg.dimension_names,
+                                                            fit.maps, f"{stage}: calibration split"))
+        report.figure(f"{stage}-test", predicted_vs_oracle(
+            result.calibration.apply(stage, cfg.dimension_names, test_preds[stage]), test.targets,
+            cfg.dimension_names, f"{stage} calibrated: test split"))
+    report.write()
+    return result
+
+
+# -- threshold -----------------------------------------------------------------------------------
+
+def holdout_estimates(package: FilterPackage, data: LabelledSet, raw: np.ndarray, calibration: Calibration,
+                      *, seed: int = 0) -> np.ndarray:
+    """Stage-1 estimates for hold-out rows; maps fitted on these very rows are cross-fitted instead."""
+    cfg = package.config
+    fitted = calibration.meta.get("fitted_on", {})
+    same_rows = isinstance(fitted, dict) and fitted.get("ids_sha256") == _ids_digest(data)
+    if same_rows and calibration.maps.get("stage1"):
+        dims = [j for j, d in enumerate(cfg.dimension_names) if d in calibration.maps["stage1"]]
+        calibrated = calib.crossfit(raw, data.targets, seed=seed, dims=dims)
+    else:
+        calibrated = calibration.apply("stage1", cfg.dimension_names, raw)
+    return thr.stage1_estimates(cfg, calibrated)
+
+
+def measure_cost_ratio(package: FilterPackage, texts: Sequence[str], work: Workspace, *,
+                       device: str = "cpu") -> float | None:
+    """Stage-1 (embed + probe) over stage-2 seconds per article, timed here on ``texts``."""
+    from scoring.embedding import load_embedder
+    from scoring.probe import Probe
+    from scoring.student import StudentPool
+
+    cfg = package.config
+    if cfg.stage2 is None or not package.file(cfg.stage2.adapter).is_dir() or not texts:
+        return None
+    sample = list(texts[:64])
+    embedder = load_embedder(cfg.stage1.embedding_model, device)
+    probe = Probe.load(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta))
+    pool = StudentPool(device=device, batch_size=16)
+    pool.register(package)
+    embedder.encode(sample[:4], head=cfg.preprocessing.head_tokens, tail=cfg.preprocessing.tail_tokens)
+    pool.predict(package.ref, sample[:4])
+    t0 = time.perf_counter()
+    probe.predict(embedder.encode(sample, head=cfg.preprocessing.head_tokens, tail=cfg.preprocessing.tail_tokens))
+    t1 = time.perf_counter()
+    pool.predict(package.ref, sample)
+    t2 = time.perf_counter()
+    return (t1 - t0) / max(t2 - t1, 1e-9)
+
+
+def run_threshold(package: FilterPackage, work: Workspace, *, target: float = thr.DEFAULT_TARGET,
+                  method: str = "smoothed", holdout: Sequence[str] = ("calibration",),
+                  cost_ratio: float | None = None, measure_cost: bool = False, device: str = "cpu",
+                  write: bool = True, progress: ProgressFn = _quiet, seed: int = 0) -> thr.ThresholdChoice:
+    cfg = package.config
+    unknown = [h for h in holdout if h not in SPLITS or h == "train"]
+    if unknown or not holdout:
+        raise TrainingError(f"hold-out splits must be among validation, calibration, test (not train): {unknown}",
+                            step="threshold")
+    calibration = Calibration.load(package.file(cfg.calibration)) if cfg.calibration and \
+        package.file(cfg.calibration).is_file() else Calibration()
+    estimates, positive, weighted = [], [], []
+    for name in holdout:
+        data = work.split(name, cfg)
+        raw = probe_predict(package, data.texts, work, device=device, progress=progress)
+        estimates.append(holdout_estimates(package, data, raw, calibration, seed=seed))
+        positive.append(thr.oracle_positive(cfg, data.targets))
+        weighted.append(data.weighted(cfg))
+    test = work.split("test", cfg)
+    test_raw = probe_predict(package, test.texts, work, device=device, progress=progress)
+    test_est = thr.stage1_estimates(cfg, calibration.apply("stage1", cfg.dimension_names, test_raw))
+    measured = None
+    if measure_cost:
+        measured = measure_cost_ratio(package, test.texts, work, device=device)
+    ratio = cost_ratio if cost_ratio is not None else (measured if measured is not None else thr.DEFAULT_COST_RATIO)
+    choice = thr.choose(np.concatenate(estimates), np.concatenate(positive), target=target, method=method,
+                        oracle_weighted=np.concatenate(weighted), medium=cfg.tiers.medium,
+                        test_estimates=test_est, test_positive=thr.oracle_positive(cfg, test.targets),
+                        cost_ratio=ratio)
+    if write:
+        thr.write_threshold(package.path, choice.threshold)
+    report = Report(work.reports, "threshold", f"threshold — {package.ref}")
+    report.text(f"Escalation threshold chosen on the {' + '.join(holdout)} split(s) (articles the probe never "
+                f"trained on), rule `{method}`, target false-negative rate {target:.1%} (oracle MEDIUM+ articles "
+                f"kept on stage 1). " + (f"Written to `filter.yaml` as stage1.threshold = {choice.threshold:g}."
+                                         if write else "Not written (dry run)."))
+    if choice.note:
+        report.text(f"**Note:** {choice.note}")
+    rows = [["hold-out (chosen on)", choice.holdout["n"], choice.holdout["positives"], choice.holdout["skip_rate"],
+             choice.holdout["false_negatives"], choice.holdout["fn_rate"], choice.speedup_holdout]]
+    if choice.test:
+        rows.append(["test (never seen)", choice.test["n"], choice.test["positives"], choice.test["skip_rate"],
+                     choice.test["false_negatives"], choice.test["fn_rate"], choice.speedup_test])
+    report.table(["data", "articles", "MEDIUM+", "skip rate", "false negatives", "FN rate", "expected speed-up"],
+                 rows)
+    report.text(f"Expected speed-up = 1 / (cost ratio + 1 − skip rate) against sending every article to stage 2, "
+                f"with cost ratio (stage-1 / stage-2 time per article) = {ratio:.3f} "
+                + ("(measured here on this device)." if cost_ratio is None and measured is not None
+                   else "(given)." if cost_ratio is not None else "(default: MiniLM probe vs Gemma-3-1B on a GPU)."))
+    report.figure("sweep", threshold_sweep(choice.sweep, choice.threshold, target, "hold-out sweep"), "sweep")
+    report.write()
+    return choice
+
+
+# -- export --------------------------------------------------------------------------------------
+
+def run_export(package_dir: Path, work: Workspace | None, dest_root: Path | None, *,
+               overwrite: bool = False) -> Any:
+    from training.export import export_package
+
+    exported = export_package(package_dir, dest_root, overwrite=overwrite)
+    if work is not None:
+        report = Report(work.reports, "export", f"export — {exported.package.ref}")
+        report.kv({"path": str(exported.package.path), "package_hash": exported.package_hash,
+                   **{f"model hash: {k}": v for k, v in exported.model_hashes.items()}})
+        report.write()
+    return exported
