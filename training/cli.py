@@ -1,0 +1,292 @@
+"""``fluxscore train …``: label, prepare, probe, student, calibrate, threshold, export, build, demo.
+
+Every command takes the package directory it trains (``--package``, whose filter.yaml says where each
+model file goes) and a workspace (``--work``, default ``out/train/<filter>``) holding splits and
+reports. Each writes ``<work>/reports/<command>.md`` with its plots. ``build`` chains them all from one
+labelled file, generating a package for the data's dimensions when none is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from scoring.exceptions import FluxscoreError
+from scoring.package import BUNDLED_ROOT, FilterPackage, load_package, resolve
+from training import threshold as thr
+from training.dataset import DEFAULT_FRACTIONS, SPLITS, infer_dimensions
+from training.steps import ProgressFn, Workspace, default_cache_dir
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Train filter packages from oracle-labelled articles.")
+console = Console(stderr=True)
+
+PackageOpt = Annotated[str, typer.Option("--package", "-p", help="package directory, or name[@version]")]
+WorkOpt = Annotated[Path | None, typer.Option("--work", "-w", help="workspace (default out/train/<filter>)")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache", help="embedding cache directory "
+                                                                "(default $FLUXSCORE_CACHE_DIR/embeddings)")]
+
+
+@contextmanager
+def _progress() -> Iterator[ProgressFn]:
+    """A rich progress display; each distinct description prefix gets its own bar."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bars:
+        tasks: dict[str, Any] = {}
+
+        def update(description: str, completed: int, total: int | None) -> None:
+            key = description.split(" (")[0].split(" epoch")[0].split(" validation")[0]
+            if key not in tasks:
+                tasks[key] = bars.add_task(description, total=total)
+            bars.update(tasks[key], description=description, completed=completed, total=total)
+
+        yield update
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=1)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (FluxscoreError, FileNotFoundError, ValueError) as exc:
+        raise _fail(exc) from None
+
+
+def _device(spec: str) -> str:
+    from scoring.settings import resolve_device
+
+    return str(_run(lambda: resolve_device(spec)))
+
+
+def _package(ref: str) -> FilterPackage:
+    return _run(lambda: resolve(ref) if not Path(ref).exists() else load_package(Path(ref)))
+
+
+def _work(package: FilterPackage, work: Path | None, cache: Path | None) -> Workspace:
+    return Workspace(work or Path("out/train") / package.name, cache_dir=cache or default_cache_dir())
+
+
+def _fractions(raw: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in raw.split(","))
+    except ValueError:
+        raise _fail(ValueError(f"--fractions must be {len(SPLITS)} comma-separated numbers, got {raw!r}")) from None
+    return values
+
+
+def _report_line(work: Workspace, name: str) -> None:
+    console.print(f"report: {work.reports / (name + '.md')}")
+
+
+@app.command()
+def label(package: PackageOpt, input: Annotated[Path, typer.Option("--input", "-i", help="articles (JSONL)")],
+          output: Annotated[Path, typer.Option("--output", "-o", help="labelled articles (JSONL), appended")],
+          rejects: Annotated[Path | None, typer.Option(help="articles the oracle failed on")] = None,
+          provider: Annotated[str | None, typer.Option(help="openai or gemini")] = None,
+          model: Annotated[str | None, typer.Option()] = None,
+          base_url: Annotated[str | None, typer.Option()] = None,
+          concurrency: Annotated[int | None, typer.Option()] = None,
+          rpm: Annotated[float | None, typer.Option(help="requests per minute")] = None) -> None:
+    """Label articles with the LLM oracle using the package's prompt (resumable: labelled ids are skipped)."""
+    from training.oracle import LabelEvent, OracleSettings, label_file
+
+    pkg = _package(package)
+    settings = _run(lambda: OracleSettings.from_env(provider=provider, model=model, base_url=base_url,
+                                                    concurrency=concurrency, rpm=rpm))
+    with _progress() as progress:
+        def on_event(event: LabelEvent) -> None:
+            progress(f"labelling ({event.kind}: {event.article_id})", event.summary.labelled
+                     + event.summary.rejected + event.summary.skipped, None)
+
+        summary = _run(lambda: label_file(pkg, input, output, rejects or output.with_suffix(".rejects.jsonl"),
+                                          settings, on_event))
+    console.print(summary.to_dict())
+
+
+@app.command()
+def prepare(package: PackageOpt, data: Annotated[Path, typer.Option("--data", "-d", help="labelled JSONL")],
+            work: WorkOpt = None, cache: CacheOpt = None,
+            fractions: Annotated[str, typer.Option(help="train,validation,calibration,test")] =
+            ",".join(str(f) for f in DEFAULT_FRACTIONS),
+            by_time: Annotated[bool, typer.Option("--by-time", help="older articles train, newer test")] = False,
+            seed: int = 0) -> None:
+    """De-duplicate (ids, near-duplicate texts) and split, stratified by oracle tier."""
+    from training.steps import run_prepare
+
+    pkg = _package(package)
+    ws = _work(pkg, work, cache)
+    prepared = _run(lambda: run_prepare(data, pkg, ws, fractions=_fractions(fractions), by_time=by_time, seed=seed))
+    console.print({name: len(s) for name, s in prepared.splits.items()})
+    _report_line(ws, "prepare")
+
+
+@app.command()
+def probe(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None, device: DeviceOpt = "cpu",
+          hidden: Annotated[str, typer.Option(help="hidden layer sizes, comma-separated")] = "64",
+          max_epochs: int = 400, patience: int = 30, seed: int = 0) -> None:
+    """Train the stage-1 MLP probe on cached embeddings; early stopping on the validation split."""
+    from training.steps import run_probe
+
+    pkg = _package(package)
+    ws = _work(pkg, work, cache)
+    sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+    with _progress() as progress:
+        outcome = _run(lambda: run_probe(pkg, ws, device=_device(device), progress=progress, hidden=sizes,
+                                         max_epochs=max_epochs, patience=patience, seed=seed))
+    console.print({"validation_mae": outcome.validation_mae, "predict_the_mean_mae": outcome.mean_baseline_mae})
+    _report_line(ws, "probe")
+
+
+@app.command()
+def student(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None, device: DeviceOpt = "auto",
+            epochs: int = 3, lr: float = 2e-4, head_lr: float = 1e-3, batch_size: int = 8, lora_r: int = 16,
+            weighting: Annotated[str, typer.Option(help="sample weighting: none or tier")] = "none",
+            max_train: Annotated[int | None, typer.Option(help="train on at most this many articles")] = None,
+            seed: int = 0) -> None:
+    """LoRA fine-tune the stage-2 student on the package's base; keeps the best-validation-MAE epoch."""
+    from training.steps import run_student
+
+    pkg = _package(package)
+    ws = _work(pkg, work, cache)
+    with _progress() as progress:
+        outcome = _run(lambda: run_student(pkg, ws, device=_device(device), weighting=weighting, max_train=max_train,
+                                           seed=seed, progress=progress, epochs=epochs, lr=lr, head_lr=head_lr,
+                                           batch_size=batch_size, lora_r=lora_r, lora_alpha=2 * lora_r))
+    console.print({"validation_mae": outcome.validation_mae, "seconds": round(outcome.seconds, 1)})
+    _report_line(ws, "student")
+
+
+@app.command()
+def calibrate(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None, device: DeviceOpt = "cpu",
+              stage: Annotated[list[str] | None, typer.Option(help="stage1 and/or stage2 (default both)")] = None,
+              seed: int = 0) -> None:
+    """Fit isotonic maps on the calibration split; report test MAE before and after."""
+    from training.steps import run_calibrate
+
+    pkg = _package(package)
+    ws = _work(pkg, work, cache)
+    with _progress() as progress:
+        result = _run(lambda: run_calibrate(pkg, ws, device=_device(device), stages=tuple(stage or ()),
+                                            progress=progress, seed=seed))
+    console.print(result.test_mae)
+    _report_line(ws, "calibrate")
+
+
+@app.command()
+def threshold(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None, device: DeviceOpt = "cpu",
+              target: Annotated[float, typer.Option(help="false-negative rate bound")] = thr.DEFAULT_TARGET,
+              method: Annotated[str, typer.Option(help="smoothed, empirical or wilson")] = "smoothed",
+              holdout: Annotated[str, typer.Option(help="hold-out split(s), comma-separated")] = "calibration",
+              cost_ratio: Annotated[float | None, typer.Option(help="stage-1/stage-2 cost per article")] = None,
+              measure_cost: Annotated[bool, typer.Option(help="time both stages here")] = False,
+              dry_run: Annotated[bool, typer.Option("--dry-run", help="do not write filter.yaml")] = False,
+              seed: int = 0) -> None:
+    """Choose the escalation threshold on held-out data and write it into filter.yaml."""
+    from training.steps import run_threshold
+
+    pkg = _package(package)
+    ws = _work(pkg, work, cache)
+    with _progress() as progress:
+        choice = _run(lambda: run_threshold(pkg, ws, target=target, method=method,
+                                            holdout=tuple(h.strip() for h in holdout.split(",")),
+                                            cost_ratio=cost_ratio, measure_cost=measure_cost,
+                                            device=_device(device), write=not dry_run, progress=progress,
+                                            seed=seed))
+    console.print(choice.summary())
+    _report_line(ws, "threshold")
+
+
+@app.command("export")
+def export_cmd(package: PackageOpt, dest: Annotated[Path | None, typer.Option(
+        help="copy to DEST/<name>/<version>/ (default: check in place)")] = None,
+        overwrite: bool = False, work: WorkOpt = None) -> None:
+    """Check that the package is complete and loadable, print its hash, optionally copy it."""
+    from training.steps import run_export
+
+    pkg = _package(package)
+    exported = _run(lambda: run_export(pkg.path, _work(pkg, work, None) if work else None, dest,
+                                       overwrite=overwrite))
+    console.print(f"{exported.package.ref} at {exported.package.path}")
+    typer.echo(exported.package_hash)
+
+
+@app.command()
+def build(data: Annotated[Path, typer.Option("--data", "-d", help="oracle-labelled JSONL")],
+          out: Annotated[Path, typer.Option(help="where the package is built: OUT/<name>/<version>/")] =
+          Path("out/packages"),
+          package: Annotated[str | None, typer.Option("--package", "-p", help="existing package to train "
+                                                      "(default: generate one for the data's dimensions)")] = None,
+          name: Annotated[str | None, typer.Option(help="name for a generated package")] = None,
+          student: Annotated[bool, typer.Option(help="also train a stage-2 student")] = False,
+          student_base: Annotated[str, typer.Option(help="student base for a generated package")] =
+          "sentence-transformers/all-MiniLM-L6-v2",
+          work: WorkOpt = None, cache: CacheOpt = None, device: DeviceOpt = "cpu",
+          fractions: str = "0.6,0.1,0.15,0.15", by_time: bool = False,
+          target: float = thr.DEFAULT_TARGET, seed: int = 0) -> None:
+    """One command from labelled data to an exported package: prepare, probe, (student), calibrate,
+    threshold, export."""
+    from training.export import default_prompt, scaffold_config, write_scaffold
+    from training.steps import run_calibrate, run_export, run_prepare, run_probe, run_student, run_threshold
+
+    dev = _device(device)
+    if package:
+        pkg = _package(package)
+    else:
+        dims, found_name = _run(lambda: infer_dimensions(data))
+        pkg_name = name or _safe_name(found_name or data.stem)
+        body = _run(lambda: scaffold_config(pkg_name, dims, student_base=student_base if student else None))
+        pkg = _run(lambda: write_scaffold(out / pkg_name / body["version"], body, default_prompt(body)))
+        console.print(f"generated package {pkg.ref} for {len(dims)} dimensions: {', '.join(dims)}")
+    ws = _work(pkg, work, cache)
+    with _progress() as progress:
+        _run(lambda: run_prepare(data, pkg, ws, fractions=_fractions(fractions), by_time=by_time, seed=seed))
+        probe_out = _run(lambda: run_probe(pkg, ws, device=dev, progress=progress, seed=seed))
+        if student and pkg.config.stage2 is not None:
+            _run(lambda: run_student(pkg, ws, device=dev, seed=seed, progress=progress))
+        cal = _run(lambda: run_calibrate(load_package(pkg.path), ws, device=dev, progress=progress, seed=seed))
+        choice = _run(lambda: run_threshold(load_package(pkg.path), ws, target=target, device=dev,
+                                            progress=progress, seed=seed))
+    dest = out if package else None
+    exported = _run(lambda: run_export(pkg.path, ws, dest, overwrite=True))
+    console.print({"probe_validation_mae": probe_out.validation_mae, "test_mae": cal.test_mae,
+                   "threshold": choice.summary()})
+    console.print(f"package {exported.package.ref} at {exported.package.path}; reports in {ws.reports}")
+    typer.echo(exported.package_hash)
+
+
+def _safe_name(raw: str) -> str:
+    import re
+
+    cleaned = re.sub(r"[^a-z0-9_]+", "_", raw.lower()).strip("_")
+    return cleaned if cleaned and cleaned[0].isalpha() else f"f_{cleaned or 'filter'}"
+
+
+@app.command()
+def demo(out_root: Annotated[Path, typer.Option(help="filters root holding demo/ and demo_tech/")] = BUNDLED_ROOT,
+         n_articles: int = 1600, seed: int = 0, work: Annotated[Path, typer.Option()] = Path("out/demo-build"),
+         cache: CacheOpt = None, student: bool = True, commerce: bool = True,
+         sample: Annotated[Path | None, typer.Option(help="sample articles to write for `make demo`")] = None,
+         device: DeviceOpt = "cpu") -> None:
+    """Rebuild the demo packages (and the commerce classifier, and the sample articles) from synthetic data."""
+    from training.demo import SAMPLE_PATH, build_demo
+
+    with _progress() as progress:
+        result = _run(lambda: build_demo(out_root, n_articles=n_articles, seed=seed, work_root=work,
+                                         cache_dir=cache, student=student, commerce=commerce,
+                                         sample_path=sample or SAMPLE_PATH, device=_device(device),
+                                         progress=progress))
+    for name, info in result.packages.items():
+        console.print(f"{name}: package_hash {info['package_hash']}, threshold {info['threshold']['threshold']}")
+    if result.commerce is not None:
+        console.print(f"commerce classifier: {result.commerce}")
+    console.print(f"sample articles: {result.sample_path}; reports under {work}")
