@@ -167,7 +167,8 @@ def load_labelled(source: Path | Iterable[dict[str, Any]], dimensions: Sequence[
         if record is None:
             skipped.append((f"line {lineno}", error or "unreadable"))
             continue
-        where = str(record.get("id") or f"line {lineno}")
+        rid = record.get("id")
+        where = rid if isinstance(rid, str) and rid.strip() else f"line {lineno}"
         scores, layout = extract_scores(record, dims, filter_name)
         if scores is None:
             skipped.append((where, layout))

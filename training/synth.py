@@ -604,7 +604,7 @@ def generate(config: SynthConfig | int, *, seed: int | None = None) -> list[dict
         }
         record.update(_labels(facets, rng, cfg.label_noise, said))
         record["truth"] = {"topic": topic, "is_commerce": is_commerce, "commerce_kind": kind,
-                           "latent": {f: round(v, 3) for f, v in facets.items()}, "near_duplicate_of": None}
+                           "latent": dict(facets), "near_duplicate_of": None}
         records.append(record)
         originals.append(i)
     return records
