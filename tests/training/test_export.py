@@ -1,0 +1,99 @@
+"""Package scaffolding, completeness checks and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from scoring.calibration import Calibration, IsotonicMap
+from scoring.package import FilterConfig, load_package
+from scoring.probe import Probe, ProbeNet
+from training.export import (
+    EXPORT_INFO,
+    IncompletePackageError,
+    default_prompt,
+    export_package,
+    problems,
+    scaffold_config,
+    write_scaffold,
+)
+
+DIMS = [f"d{i}" for i in range(9)]
+
+
+def _scaffold(tmp_path: Path, **kwargs: Any) -> Path:
+    body = scaffold_config("seece", DIMS, **kwargs)
+    pkg = write_scaffold(tmp_path / "seece" / "1.0.0", body, default_prompt(body))
+    return pkg.path
+
+
+def _train_files(path: Path, dims: list[str] = DIMS) -> None:
+    cfg = load_package(path).config
+    net = ProbeNet(8, [4], len(dims), 0.0)
+    Probe(net, dimensions=dims, embedding_model=cfg.stage1.embedding_model, input_dim=8, hidden=[4],
+          dropout=0.0).save(path / cfg.stage1.probe, path / cfg.stage1.probe_meta)
+    Calibration(maps={"stage1": {dims[0]: IsotonicMap((0.0, 10.0), (0.5, 9.5))}}).save(path / "calibration.json")
+
+
+def test_scaffold_has_equal_weights_that_sum_to_one(tmp_path: Path) -> None:
+    path = _scaffold(tmp_path)
+    cfg = load_package(path).config
+    assert cfg.dimension_names == DIMS
+    assert sum(cfg.weights) == pytest.approx(1.0, abs=1e-9)
+    assert max(cfg.weights) - min(cfg.weights) < 1e-5
+    assert cfg.stage2 is None
+    assert "d3" in (path / "prompt.md").read_text()
+    assert yaml.safe_load((path / "filter.yaml").read_text())["stage1"]["threshold"] == 4.0
+    with_student = scaffold_config("x", ["a", "b"], student_base="some/base")
+    assert FilterConfig.model_validate(with_student).stage2 is not None
+
+
+def test_incomplete_package_is_refused_with_every_problem(tmp_path: Path) -> None:
+    path = _scaffold(tmp_path)
+    found = problems(load_package(path))
+    assert {"missing probe.safetensors", "missing probe.json", "missing calibration.json"} <= set(found)
+    with pytest.raises(IncompletePackageError) as info:
+        export_package(path, tmp_path / "dest")
+    assert "probe.safetensors" in str(info.value)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_files_that_do_not_load_are_problems(tmp_path: Path) -> None:
+    path = _scaffold(tmp_path)
+    _train_files(path, dims=["other"] * 1)
+    (path / "calibration.json").write_text("{not json")
+    (path / "prompt.md").write_text("  \n")
+    found = " | ".join(problems(load_package(path)))
+    assert "probe predicts ['other']" in found
+    assert "calibration does not load" in found
+    assert "prompt.md is empty" in found
+
+
+def test_adapter_needs_config_and_weights(tmp_path: Path) -> None:
+    path = _scaffold(tmp_path, student_base="some/base")
+    _train_files(path)
+    (path / "adapter").mkdir()
+    (path / "adapter" / "adapter_config.json").write_text("{}")
+    assert problems(load_package(path)) == ["adapter adapter/ lacks adapter_model.safetensors"]
+
+
+def test_complete_package_exports_with_its_hash(tmp_path: Path) -> None:
+    path = _scaffold(tmp_path)
+    _train_files(path)
+    (path / "scratch.txt").write_text("not part of the package")
+    in_place = export_package(path)
+    assert in_place.package_hash == load_package(path).package_hash
+    exported = export_package(path, tmp_path / "dest")
+    target = tmp_path / "dest" / "seece" / "1.0.0"
+    assert exported.package.path == target.resolve()
+    assert exported.package_hash == in_place.package_hash  # the hash does not depend on location
+    assert not (target / "scratch.txt").exists()
+    info = orjson.loads((target / EXPORT_INFO).read_bytes())
+    assert info["package_hash"] == exported.package_hash
+    with pytest.raises(Exception, match="already exists"):
+        export_package(path, tmp_path / "dest")
+    assert export_package(path, tmp_path / "dest", overwrite=True).package_hash == exported.package_hash
