@@ -1,6 +1,6 @@
 """Streaming overhead and scale-out: articles/s through the broker vs the same scorer in-process.
 
-    .venv/bin/python bench/stream.py [--articles 1000] [--data FILE.jsonl] [--skip-scale]
+    python -m bench stream [--articles 1000] [--data FILE.jsonl] [--skip-scale]
 
 1. In-process: ``Pipeline.score`` over the articles in batches (the ``fluxscore score`` path).
 2. Through Kafka: one worker (all roles) on the embedded Tansu broker + Redis (or the cluster that
@@ -10,7 +10,8 @@
 
 Workers are warmed up (models loaded, partitions assigned, one small batch scored) before timing, as
 the in-process run is timed after loading. Results print as a table and are saved as JSON under
-``bench/results/``. Input: synthetic articles (training/synth.py) unless ``--data`` names a JSONL file.
+``bench/results/stream-<time>.json`` (through :mod:`bench.common`). Input: synthetic articles
+(training/synth.py) unless ``--data`` names a JSONL file.
 """
 
 from __future__ import annotations
@@ -18,24 +19,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import Result, print_results, save  # noqa: E402
 from scoring.article import parse_article  # noqa: E402
 from scoring.package import resolve  # noqa: E402
 from scoring.pipeline import Pipeline  # noqa: E402
@@ -184,7 +184,7 @@ def through_broker(lines: list[bytes], filters: list[str], n_workers: int, parti
         c.stop()
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--articles", type=int, default=1000)
     parser.add_argument("--data", type=Path, help="JSONL of articles instead of synthetic ones")
@@ -194,8 +194,7 @@ def main() -> int:
     parser.add_argument("--skip-scale", action="store_true", help="only the in-process vs broker ratio")
     parser.add_argument("--scale-threads", type=int, default=1,
                         help="torch threads per worker in the 1-vs-2 run (1: each worker gets one core)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     filters = [f.strip() for f in args.filters.split(",") if f.strip()]
     packages = [resolve(f) for f in filters]
@@ -205,48 +204,35 @@ def main() -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="fluxscore-bench-"))
     os.environ.setdefault("FLUXSCORE_PROBE_BATCH", str(args.batch))
 
-    result: dict[str, Any] = {
-        "benchmark": "stream", "at": datetime.now(UTC).isoformat(), "articles": len(lines), "input": source,
-        "filters": {p.name: {"version": p.version, "package_hash": p.package_hash} for p in packages},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "targets": {"broker_over_inprocess": 0.90, "two_workers_over_one": 1.8},
-    }
+    n = len(lines)
+    results: list[Result] = []
     with console.status("in-process"):
-        result["in_process"] = in_process(lines, filters, args.batch)
+        local = in_process(lines, filters, args.batch)
+    results.append(Result("stream", "in-process Pipeline.score (baseline)", local["articles_per_s"], n,
+                          local["seconds"], extra={"batch": args.batch}))
     with console.status("through the broker, 1 worker"):
-        result["broker_1"] = through_broker(lines, filters, 1, args.partitions, run_dir, {})
-    result["broker_over_inprocess"] = round(result["broker_1"]["articles_per_s"]
-                                            / result["in_process"]["articles_per_s"], 3)
+        one = through_broker(lines, filters, 1, args.partitions, run_dir, {})
+    ratio = round(one["articles_per_s"] / local["articles_per_s"], 3)
+    results.append(Result("stream", "through Kafka, 1 worker (all roles)", one["articles_per_s"], n, one["seconds"],
+                          extra={"vs_in_process": ratio, "target": ">=0.90", "broker": one["broker"]}))
     if not args.skip_scale:
         threads = {"FLUXSCORE_TORCH_THREADS": str(args.scale_threads)}
         with console.status(f"scale-out: 1 worker, {args.scale_threads} thread(s)"):
-            result["scale_1"] = through_broker(lines, filters, 1, args.partitions, run_dir, threads)
+            s1 = through_broker(lines, filters, 1, args.partitions, run_dir, threads)
         with console.status(f"scale-out: 2 workers, {args.scale_threads} thread(s) each"):
-            result["scale_2"] = through_broker(lines, filters, 2, args.partitions, run_dir, threads)
-        result["two_workers_over_one"] = round(result["scale_2"]["articles_per_s"]
-                                               / result["scale_1"]["articles_per_s"], 3)
-
-    table = Table(title=f"fluxscore stream benchmark ({len(lines)} articles, {os.cpu_count()} CPUs)")
-    for col in ("run", "workers", "seconds", "articles/s"):
-        table.add_column(col, justify="right" if col != "run" else "left")
-    table.add_row("in-process Pipeline.score", "-", f"{result['in_process']['seconds']:.1f}",
-                  f"{result['in_process']['articles_per_s']:.1f}")
-    for key, label in (("broker_1", "through Kafka"), ("scale_1", "scale-out, 1 worker"),
-                       ("scale_2", "scale-out, 2 workers")):
-        if key in result:
-            r = result[key]
-            table.add_row(label, str(r["workers"]), f"{r['seconds']:.1f}", f"{r['articles_per_s']:.1f}")
-    ratio = result["broker_over_inprocess"]
-    table.caption = f"broker / in-process = {ratio:.2f} (target >= 0.90)"
-    if "two_workers_over_one" in result:
-        table.caption += f"; 2 workers / 1 = {result['two_workers_over_one']:.2f}x (target >= 1.8x)"
-    console.print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"stream-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    console.print(f"saved {out}")
-    return 0
+            s2 = through_broker(lines, filters, 2, args.partitions, run_dir, threads)
+        scale = round(s2["articles_per_s"] / s1["articles_per_s"], 3)
+        for label, r, extra in (("1 worker", s1, {}), ("2 workers", s2, {"vs_1_worker": scale, "target": ">=1.8"})):
+            results.append(Result("stream", f"scale-out, {label}, {args.partitions} partitions, "
+                                            f"{args.scale_threads} thread(s) each", r["articles_per_s"], n,
+                                  r["seconds"], extra=extra))
+    meta = {"input": source, "partitions": args.partitions,
+            "filters": {p.name: {"version": p.version, "package_hash": p.package_hash} for p in packages},
+            "targets": {"broker_over_in_process": 0.90, "two_workers_over_one": 1.8}}
+    path = save("stream", results, meta)
+    print_results(results, f"streaming overhead and scale-out ({n} articles)", path)
+    return results
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

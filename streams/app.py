@@ -14,8 +14,10 @@ and the batch is redelivered after the restart.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -37,12 +39,16 @@ EXIT_UNPROCESSABLE = 70  # EX_SOFTWARE
 def build_app(settings: StreamSettings, *, datadir: Path | None = None,
               max_message_bytes: int = 1_048_576) -> faust.App:
     bootstrap, _ = settings.require_cluster()
+    if datadir is None:
+        # Faust wants a data directory even without tables; a private one per process, removed at exit.
+        datadir = Path(tempfile.mkdtemp(prefix="fluxscore-faust-"))
+        atexit.register(shutil.rmtree, datadir, ignore_errors=True)
     return faust.App(
         settings.app_id,
         broker=faust_broker(bootstrap),
         # Our own Prometheus exporter replaces Faust's web server, which would bind 0.0.0.0.
         web_enabled=False,
-        datadir=str(datadir or Path(tempfile.mkdtemp(prefix="fluxscore-faust-"))),
+        datadir=str(datadir),
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions["raw"],
