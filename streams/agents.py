@@ -26,6 +26,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
+
 from scoring.article import Article, parse_article
 from scoring.exceptions import ArticleValidationError
 from scoring.pipeline import Escalation, Pipeline, Screened
@@ -197,7 +199,7 @@ class StageRunner:
         claims = [*known, *await self.dedupe.claim(records)]
         outbox = Outbox(self.send, max_backoff=self.retry_max_backoff,
                         on_retry=lambda exc, n: self.metrics.retries.labels("kafka").inc())
-        emitted: list[str] = []
+        emitted: list[Claim] = []
         seen: set[str] = set()
         repeats = Counter[str]()
         for claim in claims:
@@ -213,20 +215,22 @@ class StageRunner:
                        ("fluxscore.filter", claim.filter.encode())]
             for topic in (self.topics.scores(claim.filter).name, self.topics.all_scores.name):
                 outbox.add(Message(topic, claim.key.encode(), claim.payload, headers))
-            emitted.append(claim.key)
+            emitted.append(claim)
         for message in forwards:
             outbox.add(message)
         for letter in dead:
             outbox.add(self._dlq_message(letter))
         delivered = await outbox.flush()
-        await self.dedupe.mark_sent(emitted)
+        await self.dedupe.mark_sent([c.key for c in emitted])
         if repeats:
             for action, n in repeats.items():
                 self.metrics.duplicates.labels(stage, action).inc(n)
             log.info("records scored before (redelivery)", extra={"stage": stage, **repeats})
 
-        for record in records:
-            self.metrics.records_out.labels(record.filter.name, record.stage.value).inc()
+        stage_of = {r.key: r.stage.value for r in records}
+        for claim in emitted:
+            used = stage_of.get(claim.key) or str(orjson.loads(claim.payload)["stage"])
+            self.metrics.records_out.labels(claim.filter, used).inc()
         for message in delivered:
             if message.topic == self.topics.dlq.name:
                 error_type = dict(message.headers or []).get("fluxscore.error.type", b"?").decode()

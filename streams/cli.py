@@ -100,7 +100,8 @@ def produce(
     name = topic or topics.raw.name
     started = time.perf_counter()
     count = asyncio.run(produce_file(file, settings.kafka_bootstrap, name, partitions=topics.raw.partitions,
-                                     replication=settings.replication, rate=rate, limit=limit))
+                                     replication=settings.replication, rate=rate, limit=limit,
+                                     max_batch_bytes=settings.producer_max_batch_bytes))
     seconds = time.perf_counter() - started
     console.print(f"published {count} messages to {name} in {seconds:.1f} s")
 
