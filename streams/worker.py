@@ -36,6 +36,16 @@ def worker_name(settings: StreamSettings) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{'+'.join(settings.roles)}"
 
 
+def _quiet_progress_bars() -> None:
+    # Progress bars on stderr would break the one-JSON-object-per-line log stream.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None) -> int:
     """Blocks until the worker is stopped (SIGTERM/SIGINT). Returns the exit code."""
     name = worker_name(settings)
@@ -53,6 +63,7 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
 
         return run_monitor_worker(settings, topics, metrics, name)
 
+    _quiet_progress_bars()
     started = time.perf_counter()
     # Models load once, before joining the group: a worker never holds partitions it cannot serve yet.
     pipeline = Pipeline.load(list(settings.filters), settings=scoring)
