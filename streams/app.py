@@ -151,3 +151,16 @@ def register_assignment_log(app: faust.App) -> None:
         assigned = args[0] if args else kwargs.get("assigned", set())
         log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
     app.on_partitions_assigned.connect(on_assigned)
+
+
+def run_faust(app: faust.App, loop: asyncio.AbstractEventLoop, settings: StreamSettings) -> int:
+    """Run the app until SIGTERM/SIGINT; returns the exit code."""
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+                          override_logging=False)
+    # The terminal spinner writes escape codes into what is a JSON log stream here.
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    return 0

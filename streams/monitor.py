@@ -21,14 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import faust
 import orjson
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 
 from scoring.records import ScoreRecord
 from streams.agents import Inbound
-from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log
+from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log, run_faust
 from streams.kafka import ensure_topics
 from streams.metrics import StreamMetrics
 from streams.outbox import Message, Outbox, Sender
@@ -220,10 +219,4 @@ def run_monitor_worker(settings: StreamSettings, topics: Topics, metrics: Stream
         metrics.serve(settings.metrics_host, settings.metrics_port)
     log.info("worker starting", extra={"roles": ["monitor"], "consumes": [topics.all_scores.name],
                                        "bootstrap": bootstrap, "worker": name})
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
-                          override_logging=False)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    return 0
+    return run_faust(app, loop, settings)

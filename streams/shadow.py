@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import faust
 import orjson
 
 from scoring.article import Article, parse_article
@@ -28,7 +27,7 @@ from scoring.pipeline import Pipeline
 from scoring.records import ScoreRecord
 from scoring.settings import ScoringSettings
 from streams.agents import Inbound
-from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log
+from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log, run_faust
 from streams.exceptions import StreamSettingsError
 from streams.kafka import ensure_topics
 from streams.metrics import StreamMetrics
@@ -137,11 +136,5 @@ def run_shadow_worker(settings: StreamSettings, scoring: ScoringSettings, topics
         metrics.serve(settings.metrics_host, settings.metrics_port)
     log.info("worker starting", extra={"roles": ["shadow"], "consumes": [topics.raw.name], "bootstrap": bootstrap,
                                        "worker": name})
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
-                          override_logging=False)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    return 0
+    return run_faust(app, loop, settings)
 

@@ -21,6 +21,7 @@ from streams.app import (
     register_assignment_log,
     register_lag_timer,
     register_reload_timer,
+    run_faust,
 )
 from streams.dedupe import DedupeStore
 from streams.kafka import ensure_topics
@@ -97,14 +98,8 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
         log.info("metrics", extra={"url": f"http://{settings.metrics_host}:{port}/metrics"})
     log.info("worker starting", extra={"roles": list(settings.roles), "consumes": consumed, "app_id": settings.app_id,
                                        "bootstrap": bootstrap})
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
-                          override_logging=False)
     try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    else:
-        code = 0
+        code = run_faust(app, loop, settings)
     finally:
         runner.executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker stopped", extra={"exit_code": code})
