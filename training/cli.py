@@ -51,7 +51,7 @@ def _progress() -> Iterator[ProgressFn]:
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True, highlight=False)
     return typer.Exit(code=1)
 
 

@@ -1,0 +1,99 @@
+"""``fluxscore train``: the commands end to end on small synthetic data with the real MiniLM encoder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from scoring.package import load_package
+from scoring.pipeline import Pipeline
+from scoring.settings import ScoringSettings
+from training.cli import app
+from training.synth import FACETS, SynthConfig, filter_scores, generate, strip_labels, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _seece_like(path: Path, n: int, seed: int = 0) -> list[str]:
+    """Synthetic articles labelled like the shared seece file: 9 dimensions under ``oracle.scores``."""
+    records = []
+    dims: list[str] = []
+    for r in generate(SynthConfig(n=n, seed=seed)):
+        latent = r["truth"]["latent"]
+        scores = {f"{f}_score": round(latent[f]) for f in FACETS} | {
+            k: round(v) for k, v in filter_scores(latent, "demo_tech").items()}
+        dims = list(scores)
+        records.append(strip_labels(r) | {"oracle": {"filter": "seece-like", "scores": scores}})
+    write_jsonl(records, path)
+    return dims
+
+
+@pytest.mark.integration
+def test_build_makes_a_package_for_the_data_alone(tmp_path: Path) -> None:
+    data = tmp_path / "labelled.jsonl"
+    dims = _seece_like(data, 220)
+    result = runner.invoke(app, ["build", "--data", str(data), "--out", str(tmp_path / "packages"),
+                                 "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    package = load_package(tmp_path / "packages" / "seece_like" / "1.0.0")
+    assert package.config.dimension_names == dims and len(dims) == 9
+    assert package.missing_files() == []
+    assert result.output.strip().splitlines()[-1] == package.package_hash
+    for name in ("prepare", "probe", "calibrate", "threshold", "export"):
+        assert (tmp_path / "work" / "reports" / f"{name}.md").is_file()
+    assert (tmp_path / "work" / "reports" / "threshold-sweep.png").is_file()
+    # The package scores articles through the production pipeline.
+    pipeline = Pipeline.load([package], settings=ScoringSettings(), commerce=False)
+    from scoring.article import parse_article
+
+    records = pipeline.score([parse_article(line) for line in data.read_bytes().splitlines()[:5]])
+    assert len(records) == 5 and all(r.filter.package_hash == package.package_hash for r in records)
+
+
+@pytest.mark.integration
+def test_step_commands_on_an_existing_package(tmp_path: Path) -> None:
+    pkg = tmp_path / "demo" / "1.0.0"
+    shutil.copytree(REPO / "filters" / "demo" / "1.0.0", pkg, ignore=shutil.ignore_patterns(
+        "*.safetensors", "probe.json", "calibration.json", "adapter", "export.json"))
+    # Without a student: this test is about the stage-1 commands.
+    text = (pkg / "filter.yaml").read_text()
+    (pkg / "filter.yaml").write_text(text[:text.index("stage2:")] + "calibration: calibration.json\n"
+                                     "oracle_prompt: prompt.md\n")
+    data = tmp_path / "synth.jsonl"
+    write_jsonl(generate(SynthConfig(n=200, seed=4)), data)
+    common = ["--package", str(pkg), "--work", str(tmp_path / "w")]
+    cache = ["--cache", str(tmp_path / "cache")]
+    refused = runner.invoke(app, ["export", "--package", str(pkg)])
+    assert refused.exit_code == 1 and "incomplete" in refused.output and "probe.safetensors" in refused.output
+    for args in (["prepare", *common, *cache, "--data", str(data), "--fractions", "0.5,0.1,0.2,0.2"],
+                 ["probe", *common, *cache, "--max-epochs", "60"],
+                 ["calibrate", *common, *cache],
+                 ["threshold", *common, *cache, "--target", "0.05"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args[0], result.output)
+    manifest = orjson.loads((tmp_path / "w" / "splits" / "manifest.json").read_bytes())
+    assert manifest["layouts"] == {"demo_analysis": manifest["usable"]}
+    threshold = load_package(pkg).config.stage1.threshold
+    assert f"stage1.threshold = {threshold:g}" in (tmp_path / "w" / "reports" / "threshold.md").read_text()
+    done = runner.invoke(app, ["export", "--package", str(pkg), "--dest", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    assert done.output.strip().splitlines()[-1] == load_package(tmp_path / "out" / "demo" / "1.0.0").package_hash
+
+
+def test_clear_errors_and_nonzero_exit(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["prepare", "--package", str(REPO / "filters" / "demo" / "1.0.0"),
+                                  "--data", str(tmp_path / "nope.jsonl"), "--work", str(tmp_path / "w")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    unknown = runner.invoke(app, ["probe", "--package", "no_such_filter", "--work", str(tmp_path / "w")])
+    assert unknown.exit_code == 1 and "no filter package named" in unknown.output
+    no_splits = runner.invoke(app, ["calibrate", "--package", str(REPO / "filters" / "demo" / "1.0.0"),
+                                    "--work", str(tmp_path / "w")])
+    assert no_splits.exit_code == 1 and "train prepare" in no_splits.output
+    bad = runner.invoke(app, ["prepare", "--package", str(REPO / "filters" / "demo" / "1.0.0"),
+                              "--data", str(tmp_path / "nope.jsonl"), "--fractions", "a,b"])
+    assert bad.exit_code == 1 and "--fractions" in bad.output
