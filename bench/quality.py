@@ -6,9 +6,9 @@ For each of K folds (near-duplicate groups never cut, stratified by oracle tier)
 split into train / validation (early stopping) / calibration (isotonic maps and the threshold), and the
 held-out fold is scored by:
 
-- **fluxscore probe**: the recipe ``fluxscore train probe`` uses, with the calibration
-  ``fluxscore train calibrate`` fits, and the threshold ``fluxscore train threshold`` picks on the
-  calibration split (rule ``smoothed``, cross-fitted maps);
+- **fluxscore probe**: what ``fluxscore train probe/calibrate/threshold`` do: a probe cross-fitted on
+  train + calibration rows (5 members averaged into one MLP), isotonic maps and the threshold (rule
+  ``smoothed``) fitted on its out-of-fold predictions;
 - **original recipe**: StandardScaler, MLP 256-128 with ReLU and dropout 0.2, L1 loss, Adam 1e-3, early
   stopping — with its threshold chosen as it was, for ≤2% false negatives on its own training
   predictions, and also (second row) with fluxscore's held-out rule for a like-for-like comparison;
@@ -106,8 +106,10 @@ def _inner_split(rows: np.ndarray, groups: np.ndarray, positive: np.ndarray, see
 
 def run(data_path: Path, *, folds: int = 5, seed: int = 0, target: float = 0.02, student: bool = False,
         embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2", head: int = 128, tail: int = 64,
-        device: str = "cpu", cache_dir: Path | None = None, student_epochs: int = 3) -> dict[str, Any]:
+        device: str = "cpu", cache_dir: Path | None = None, student_epochs: int = 3,
+        inner_folds: int = 5) -> dict[str, Any]:
     from scoring.embedding import load_embedder
+    from training.crossfit import crossfit_probe
     from training.probe import ORIGINAL_RECIPE, EmbeddingCache, embed_with_cache, train_probe
     from training.steps import default_cache_dir
 
@@ -137,20 +139,23 @@ def run(data_path: Path, *, folds: int = 5, seed: int = 0, target: float = 0.02,
         test = np.flatnonzero(fold == k)
         pool = np.flatnonzero(fold != k)
         tr, va, ca = _inner_split(pool, groups, positive, seed + k)
-        y_tr, y_va, y_ca = target_scores[tr], target_scores[va], target_scores[ca]
-        weighted_ca = data.subset(ca).weighted(config)
+        y_va = target_scores[va]
 
-        # fluxscore: probe + calibration + held-out threshold, as the train commands do it.
-        probe, _ = train_probe(emb[tr], y_tr, dims, embedding_model, val_embeddings=emb[va], val_targets=y_va,
-                               seed=seed)
-        raw_ca, raw_te = probe.predict(emb[ca]), probe.predict(emb[test])
-        fit = calib.fit_calibration(dims, {"stage1": raw_ca}, y_ca, seed=seed)
+        # fluxscore: cross-fitted probe on train + calibration rows, maps and threshold on its
+        # out-of-fold predictions, as `fluxscore train probe/calibrate/threshold` do.
+        pool_rows = np.concatenate([tr, ca])
+        y_pool = target_scores[pool_rows]
+        probe, oof, _ = crossfit_probe(emb[pool_rows], y_pool, dims, embedding_model, folds=inner_folds,
+                                       seed=seed, groups=groups[pool_rows], val_embeddings=emb[va],
+                                       val_targets=y_va)
+        raw_te = probe.predict(emb[test])
+        fit = calib.fit_calibration(dims, {"stage1": oof}, y_pool, seed=seed)
         cal_te = fit.calibration.apply("stage1", dims, raw_te)
         preds["ours"][test] = cal_te
         kept = [j for j, name in enumerate(dims) if name in fit.calibration.maps.get("stage1", {})]
-        est_ca = thr.stage1_estimates(config, calib.crossfit(raw_ca, y_ca, seed=seed, dims=kept))
-        choice = thr.choose(est_ca, positive[ca], target=target, oracle_weighted=weighted_ca,
-                            medium=config.tiers.medium)
+        est_pool = thr.stage1_estimates(config, calib.crossfit(oof, y_pool, seed=seed, dims=kept))
+        choice = thr.choose(est_pool, positive[pool_rows], target=target,
+                            oracle_weighted=data.subset(pool_rows).weighted(config), medium=config.tiers.medium)
         skips["ours"][test] = thr.stage1_estimates(config, cal_te) < choice.threshold
         thresholds["ours"].append(choice.threshold)
 

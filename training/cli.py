@@ -133,7 +133,10 @@ def prepare(package: PackageOpt, data: Annotated[Path, typer.Option("--data", "-
 @app.command()
 def probe(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None, device: DeviceOpt = "cpu",
           hidden: Annotated[str, typer.Option(help="hidden layer sizes, comma-separated")] = "64",
-          max_epochs: int = 400, patience: int = 30, seed: int = 0) -> None:
+          max_epochs: int = 400, patience: int = 30,
+          folds: Annotated[int, typer.Option(help="cross-fitting folds on train + calibration rows "
+                                                  "(1: one probe on the train split only)")] = 5,
+          seed: int = 0) -> None:
     """Train the stage-1 MLP probe on cached embeddings; early stopping on the validation split."""
     from training.steps import run_probe
 
@@ -141,8 +144,8 @@ def probe(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None, dev
     ws = _work(pkg, work, cache)
     sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
     with _progress() as progress:
-        outcome = _run(lambda: run_probe(pkg, ws, device=_device(device), progress=progress, hidden=sizes,
-                                         max_epochs=max_epochs, patience=patience, seed=seed))
+        outcome = _run(lambda: run_probe(pkg, ws, device=_device(device), folds=folds, progress=progress,
+                                         hidden=sizes, max_epochs=max_epochs, patience=patience, seed=seed))
     console.print({"validation_mae": outcome.validation_mae, "predict_the_mean_mae": outcome.mean_baseline_mae})
     _report_line(ws, "probe")
 

@@ -131,10 +131,44 @@ class ProbeOutcome:
     history: dict[str, Any]
     validation_mae: dict[str, float]
     mean_baseline_mae: dict[str, float]
+    oof_mae: float | None = None
 
 
-def run_probe(package: FilterPackage, work: Workspace, *, device: str = "cpu", progress: ProgressFn = _quiet,
-              **recipe: Any) -> ProbeOutcome:
+def _pool(work: Workspace, config: FilterConfig) -> LabelledSet:
+    """Train + calibration rows: what a cross-fitted probe trains on and predicts out of fold."""
+    train, cal = work.split("train", config), work.split("calibration", config)
+    pool = train.subset(range(len(train)))
+    pool.records += cal.records
+    pool.texts += cal.texts
+    pool.targets = np.concatenate([train.targets, cal.targets])
+    return pool
+
+
+def _oof_path(work: Workspace) -> Path:
+    return work.predictions / "stage1-oof.json"
+
+
+def load_oof(package: FilterPackage, work: Workspace) -> tuple[LabelledSet, np.ndarray] | None:
+    """The cross-fitted probe's out-of-fold predictions, when they belong to the package's probe."""
+    path = _oof_path(work)
+    if not path.is_file():
+        return None
+    body = orjson.loads(path.read_bytes())
+    if body.get("probe_hash") != package.model_hashes.get("probe"):
+        return None
+    pool = _pool(work, package.config)
+    if pool.ids != body["ids"]:
+        return None
+    return pool, np.asarray(body["pred"], dtype=np.float64)
+
+
+def run_probe(package: FilterPackage, work: Workspace, *, device: str = "cpu", folds: int = 5,
+              progress: ProgressFn = _quiet, **recipe: Any) -> ProbeOutcome:
+    """Train the probe. With ``folds`` >= 2 (the default) it is cross-fitted on train + calibration
+    rows: ``folds`` members each leave one fold out, their out-of-fold predictions are kept for
+    calibration and the threshold, and the package gets their average as one probe."""
+    from training.crossfit import crossfit_probe
+    from training.dataset import near_duplicate_groups
     from training.probe import train_probe
 
     cfg = package.config
@@ -142,35 +176,58 @@ def run_probe(package: FilterPackage, work: Workspace, *, device: str = "cpu", p
     if len(train) < 5 or len(val) < 2:
         raise TrainingError(f"too little data to train a probe: {len(train)} train, {len(val)} validation rows",
                             filter=package.ref, step="probe")
-    x_train = embed(package, train.texts, work, device=device, progress=progress)
     x_val = embed(package, val.texts, work, device=device, progress=progress)
     max_epochs = int(recipe.get("max_epochs", 400))
+    oof_mae: float | None = None
+    if folds >= 2:
+        pool = _pool(work, cfg)
+        x_pool = embed(package, pool.texts, work, device=device, progress=progress)
+        progress("probe members", 0, folds)
+        probe, oof, histories = crossfit_probe(
+            x_pool, pool.targets, cfg.dimension_names, cfg.stage1.embedding_model, folds=folds,
+            groups=near_duplicate_groups(pool.texts), val_embeddings=x_val, val_targets=val.targets,
+            progress=lambda done, total: progress("probe members", done, total), **recipe)
+        history = histories[0]
+        oof_mae = float(np.abs(np.clip(oof, 0, 10) - pool.targets).mean())
+        n_train = len(pool)
+    else:
+        x_train = embed(package, train.texts, work, device=device, progress=progress)
 
-    def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
-        progress(f"probe (val MAE {metrics['val_mae']:.3f})", epoch, total)
+        def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+            progress(f"probe (val MAE {metrics['val_mae']:.3f})", epoch, total)
 
-    progress("probe", 0, max_epochs)
-    probe, history = train_probe(x_train, train.targets, cfg.dimension_names, cfg.stage1.embedding_model,
-                                 val_embeddings=x_val, val_targets=val.targets, progress=on_epoch, **recipe)
+        progress("probe", 0, max_epochs)
+        probe, history = train_probe(x_train, train.targets, cfg.dimension_names, cfg.stage1.embedding_model,
+                                     val_embeddings=x_val, val_targets=val.targets, progress=on_epoch, **recipe)
+        n_train = len(train)
     probe.save(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta))
+    _oof_path(work).unlink(missing_ok=True)
+    if folds >= 2:
+        saved = load_package(package.path)
+        _oof_path(work).parent.mkdir(parents=True, exist_ok=True)
+        _oof_path(work).write_bytes(orjson.dumps({"probe_hash": saved.model_hashes.get("probe"), "ids": pool.ids,
+                                                  "pred": oof.tolist()}))
+    train_mean = (pool if folds >= 2 else train).targets.mean(axis=0)
     pred = probe.predict(x_val)
     val_mae = calib.mae_per_dim(pred, val.targets, cfg.dimension_names)
-    mean_mae = calib.mae_per_dim(np.broadcast_to(train.targets.mean(axis=0), val.targets.shape), val.targets,
-                                 cfg.dimension_names)
+    mean_mae = calib.mae_per_dim(np.broadcast_to(train_mean, val.targets.shape), val.targets, cfg.dimension_names)
     report = Report(work.reports, "probe", f"probe — {package.ref}")
-    report.text(f"MLP {history['recipe']['hidden']} on `{cfg.stage1.embedding_model}` embeddings "
-                f"(head {cfg.preprocessing.head_tokens} + tail {cfg.preprocessing.tail_tokens} tokens), "
-                f"{history['n_train']} training / {history['n_val']} validation articles; stopped after "
-                f"{history['epochs_run']} epochs, best epoch {history['best_epoch']} restored. "
-                f"Saved to `{cfg.stage1.probe}` + `{cfg.stage1.probe_meta}`.")
+    how = (f"cross-fitted: {folds} members, each trained on train + calibration rows less one fold and stopped "
+           f"early on the validation split, averaged into one MLP {probe.hidden}; out-of-fold MAE "
+           f"{oof_mae:.3f} (kept for calibration and the threshold)" if folds >= 2 else
+           f"MLP {history['recipe']['hidden']}, stopped after {history['epochs_run']} epochs, best epoch "
+           f"{history['best_epoch']} restored")
+    report.text(f"Probe on `{cfg.stage1.embedding_model}` embeddings (head {cfg.preprocessing.head_tokens} + tail "
+                f"{cfg.preprocessing.tail_tokens} tokens), {n_train} training / {len(val)} validation articles; "
+                f"{how}. Saved to `{cfg.stage1.probe}` + `{cfg.stage1.probe_meta}`.")
     report.table(["dimension", "validation MAE", "predict-the-mean MAE"],
                  [[d, val_mae[d], mean_mae[d]] for d in cfg.dimension_names]
                  + [["**all**", float(np.mean(list(val_mae.values()))), float(np.mean(list(mean_mae.values())))]])
-    report.figure("loss", loss_curves(history, "probe"), "loss curves")
+    report.figure("loss", loss_curves(history, "probe" if folds < 2 else "probe (first member)"), "loss curves")
     report.figure("validation", predicted_vs_oracle(pred, val.targets, cfg.dimension_names, "validation split"),
                   "predicted vs oracle (validation)")
     report.write()
-    return ProbeOutcome(history=history, validation_mae=val_mae, mean_baseline_mae=mean_mae)
+    return ProbeOutcome(history=history, validation_mae=val_mae, mean_baseline_mae=mean_mae, oof_mae=oof_mae)
 
 
 # -- student -------------------------------------------------------------------------------------
@@ -302,9 +359,16 @@ def run_calibrate(package: FilterPackage, work: Workspace, *, device: str = "cpu
         wanted.remove("stage2")
     cal_preds: dict[Stage, np.ndarray] = {}
     test_preds: dict[Stage, np.ndarray] = {}
+    cal_sets: dict[Stage, LabelledSet] = {}
+    oof = load_oof(package, work)
     for stage in wanted:
+        cal_sets[stage] = cal
         if stage == "stage1":
-            cal_preds[stage] = probe_predict(package, cal.texts, work, device=device, progress=progress)
+            if oof is not None:
+                # A cross-fitted probe's out-of-fold predictions: more rows, none seen by their member.
+                cal_sets[stage], cal_preds[stage] = oof
+            else:
+                cal_preds[stage] = probe_predict(package, cal.texts, work, device=device, progress=progress)
             test_preds[stage] = probe_predict(package, test.texts, work, device=device, progress=progress)
         else:
             cal_preds[stage] = student_predict(package, cal.texts, work, "calibration", device=device,
@@ -313,14 +377,29 @@ def run_calibrate(package: FilterPackage, work: Workspace, *, device: str = "cpu
                                                 progress=progress)
     path = package.file(cfg.calibration)
     existing = Calibration.load(path) if path.is_file() else None
-    meta = {"fitted_on": {"split": "calibration", "n": len(cal), "ids_sha256": _ids_digest(cal)}}
-    result = calib.fit_calibration(cfg.dimension_names, cal_preds, cal.targets, existing=existing,
-                                   test_preds=test_preds, test_targets=test.targets, meta=meta, seed=seed)
+    fitted_on = dict(existing.meta.get("fitted_on", {})) if existing else {}
+    result: calib.CalibrationReport | None = None
+    for stage in wanted:
+        rows = cal_sets[stage]
+        what = "out-of-fold (train + calibration)" if stage == "stage1" and oof is not None else "calibration"
+        fitted_on[stage] = {"split": what, "n": len(rows), "ids_sha256": _ids_digest(rows)}
+        step = calib.fit_calibration(cfg.dimension_names, {stage: cal_preds[stage]}, rows.targets,
+                                     existing=result.calibration if result else existing,
+                                     test_preds={stage: test_preds[stage]}, test_targets=test.targets,
+                                     meta={"fitted_on": fitted_on}, seed=seed)
+        if result is not None:
+            step.fits = {**result.fits, **step.fits}
+            step.test_mae = {**result.test_mae, **step.test_mae}
+        result = step
+    if result is None:
+        raise TrainingError(f"{package.ref}: nothing to calibrate (no probe or student yet?)", filter=package.ref,
+                            step="calibrate")
     result.calibration.save(path)
     report = Report(work.reports, "calibrate", f"calibrate — {package.ref}")
-    report.text(f"Isotonic maps fitted on the calibration split ({len(cal)} articles; the validation split, "
-                f"which chose the checkpoints, is not used). A dimension keeps its map only when it lowers the "
-                f"MAE out of fold within the calibration split. Test split: {len(test)} articles.")
+    report.text("Isotonic maps fitted on held-out predictions: " + "; ".join(
+        f"{stage} on {fitted_on[stage]['split']} ({fitted_on[stage]['n']} articles)" for stage in wanted)
+        + ". The validation split, which chose the checkpoints, is not used. A dimension keeps its map only when "
+        f"it lowers the MAE out of fold within those rows. Test split: {len(test)} articles.")
     for fit in result.fits.values():
         stage = fit.stage
         before, after = result.test_mae[stage]["before"], result.test_mae[stage]["after"]
@@ -331,7 +410,8 @@ def run_calibrate(package: FilterPackage, work: Workspace, *, device: str = "cpu
                        fit.calibration_cv_mae["isotonic"][d], before[d], after[d]] for d in cfg.dimension_names]
                      + [["**all**", "", "", "", float(np.mean(list(before.values()))),
                          float(np.mean(list(after.values())))]])
-        report.figure(f"{stage}-curves", calibration_curves(cal_preds[stage], cal.targets, cfg.dimension_names,
+        report.figure(f"{stage}-curves", calibration_curves(cal_preds[stage], cal_sets[stage].targets,
+                                                            cfg.dimension_names,
                                                             fit.maps, f"{stage}: calibration split"))
         report.figure(f"{stage}-test", predicted_vs_oracle(
             result.calibration.apply(stage, cfg.dimension_names, test_preds[stage]), test.targets,
@@ -347,6 +427,7 @@ def holdout_estimates(package: FilterPackage, data: LabelledSet, raw: np.ndarray
     """Stage-1 estimates for hold-out rows; maps fitted on these very rows are cross-fitted instead."""
     cfg = package.config
     fitted = calibration.meta.get("fitted_on", {})
+    fitted = fitted.get("stage1", {}) if isinstance(fitted, dict) else {}
     same_rows = isinstance(fitted, dict) and fitted.get("ids_sha256") == _ids_digest(data)
     if same_rows and calibration.maps.get("stage1"):
         dims = [j for j, d in enumerate(cfg.dimension_names) if d in calibration.maps["stage1"]]
@@ -393,9 +474,13 @@ def run_threshold(package: FilterPackage, work: Workspace, *, target: float = th
     calibration = Calibration.load(package.file(cfg.calibration)) if cfg.calibration and \
         package.file(cfg.calibration).is_file() else Calibration()
     estimates, positive, weighted = [], [], []
-    for name in holdout:
-        data = work.split(name, cfg)
-        raw = probe_predict(package, data.texts, work, device=device, progress=progress)
+    oof = load_oof(package, work) if tuple(holdout) == ("calibration",) else None
+    sources: list[tuple[LabelledSet, np.ndarray | None]] = (
+        [(oof[0], oof[1])] if oof is not None else [(work.split(name, cfg), None) for name in holdout])
+    used = "out-of-fold predictions on train + calibration" if oof is not None else " + ".join(holdout)
+    for data, known in sources:
+        raw = known if known is not None else probe_predict(package, data.texts, work, device=device,
+                                                            progress=progress)
         estimates.append(holdout_estimates(package, data, raw, calibration, seed=seed))
         positive.append(thr.oracle_positive(cfg, data.targets))
         weighted.append(data.weighted(cfg))
@@ -413,7 +498,7 @@ def run_threshold(package: FilterPackage, work: Workspace, *, target: float = th
     if write:
         thr.write_threshold(package.path, choice.threshold)
     report = Report(work.reports, "threshold", f"threshold — {package.ref}")
-    report.text(f"Escalation threshold chosen on the {' + '.join(holdout)} split(s) (articles the probe never "
+    report.text(f"Escalation threshold chosen on {used} (articles the probe never "
                 f"trained on), rule `{method}`, target false-negative rate {target:.1%} (oracle MEDIUM+ articles "
                 f"kept on stage 1). " + (f"Written to `filter.yaml` as stage1.threshold = {choice.threshold:g}."
                                          if write else "Not written (dry run)."))
