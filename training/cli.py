@@ -235,7 +235,7 @@ def build(data: Annotated[Path, typer.Option("--data", "-d", help="oracle-labell
           "sentence-transformers/all-MiniLM-L6-v2",
           work: WorkOpt = None, cache: CacheOpt = None, device: DeviceOpt = "cpu",
           fractions: str = "0.6,0.1,0.15,0.15", by_time: bool = False,
-          target: float = thr.DEFAULT_TARGET, seed: int = 0) -> None:
+          target: float = thr.DEFAULT_TARGET, folds: int = 5, max_epochs: int = 400, seed: int = 0) -> None:
     """One command from labelled data to an exported package: prepare, probe, (student), calibrate,
     threshold, export."""
     from training.export import default_prompt, scaffold_config, write_scaffold
@@ -253,7 +253,8 @@ def build(data: Annotated[Path, typer.Option("--data", "-d", help="oracle-labell
     ws = _work(pkg, work, cache)
     with _progress() as progress:
         _run(lambda: run_prepare(data, pkg, ws, fractions=_fractions(fractions), by_time=by_time, seed=seed))
-        probe_out = _run(lambda: run_probe(pkg, ws, device=dev, progress=progress, seed=seed))
+        probe_out = _run(lambda: run_probe(pkg, ws, device=dev, folds=folds, progress=progress, seed=seed,
+                                           max_epochs=max_epochs))
         if student and pkg.config.stage2 is not None:
             _run(lambda: run_student(pkg, ws, device=dev, seed=seed, progress=progress))
         cal = _run(lambda: run_calibrate(load_package(pkg.path), ws, device=dev, progress=progress, seed=seed))

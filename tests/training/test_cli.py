@@ -36,9 +36,10 @@ def _seece_like(path: Path, n: int, seed: int = 0) -> list[str]:
 @pytest.mark.integration
 def test_build_makes_a_package_for_the_data_alone(tmp_path: Path) -> None:
     data = tmp_path / "labelled.jsonl"
-    dims = _seece_like(data, 220)
+    dims = _seece_like(data, 160)
     result = runner.invoke(app, ["build", "--data", str(data), "--out", str(tmp_path / "packages"),
-                                 "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "cache")])
+                                 "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "cache"),
+                                 "--folds", "3", "--max-epochs", "60"])
     assert result.exit_code == 0, result.output
     package = load_package(tmp_path / "packages" / "seece_like" / "1.0.0")
     assert package.config.dimension_names == dims and len(dims) == 9
