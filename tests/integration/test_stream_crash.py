@@ -13,7 +13,7 @@ from tests.integration.conftest import STREAM_FILTERS, collect, produce_lines, s
 
 pytestmark = pytest.mark.integration
 
-N = 300
+N = 200
 
 
 def _expected(lines: list[bytes]) -> set[tuple[str, str]]:
