@@ -13,6 +13,8 @@ import os
 if os.environ.get("FLUXSCORE_OFFLINE") == "1":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Our own progress display is rich's; transformers' per-load weight bars would interleave with it.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import typer
 
