@@ -24,7 +24,7 @@ Filter behaviour is data in each package and model/batch settings of the scoring
 | ``FLUXSCORE_REPLICATION`` | ``1`` | replication factor of created topics |
 | ``FLUXSCORE_PREFILTER_BATCH`` / ``_WITHIN`` | ``64`` / ``0.2`` | micro-batch size / deadline (s), prefilter agent |
 | ``FLUXSCORE_PROBE_BATCH`` / ``_WITHIN`` | ``64`` / ``0.5`` | micro-batch size / deadline (s), probe agent |
-| ``FLUXSCORE_MODEL_BATCH`` / ``_WITHIN`` | ``16`` / ``1.0`` | micro-batch size / deadline (s), model agent |
+| ``FLUXSCORE_MODEL_BATCH`` / ``_WITHIN`` | ``64`` / ``1.0`` | escalations per micro-batch / deadline (s), model agent |
 | ``FLUXSCORE_STREAM_BUFFER`` | ``256`` | events buffered per partition before the consumer pauses (backpressure) |
 | ``FLUXSCORE_METRICS_HOST`` | ``127.0.0.1`` | Prometheus bind address (loopback unless set) |
 | ``FLUXSCORE_METRICS_PORT`` | ``9108`` | Prometheus port; ``0`` picks a free port, ``off`` disables |
@@ -139,7 +139,7 @@ class StreamSettings:
     prefilter_within: float = 0.2
     probe_batch: int = 64
     probe_within: float = 0.5
-    model_batch: int = 16
+    model_batch: int = 64
     model_within: float = 1.0
     stream_buffer: int = 256
     metrics_host: str = "127.0.0.1"
@@ -202,7 +202,7 @@ class StreamSettings:
             prefilter_within=_float(env, p + "PREFILTER_WITHIN", 0.2, minimum=0.001),
             probe_batch=_int(env, p + "PROBE_BATCH", 64),
             probe_within=_float(env, p + "PROBE_WITHIN", 0.5, minimum=0.001),
-            model_batch=_int(env, p + "MODEL_BATCH", 16),
+            model_batch=_int(env, p + "MODEL_BATCH", 64),
             model_within=_float(env, p + "MODEL_WITHIN", 1.0, minimum=0.001),
             stream_buffer=_int(env, p + "STREAM_BUFFER", 256),
             metrics_host=_get(env, p + "METRICS_HOST") or "127.0.0.1",

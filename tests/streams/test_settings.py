@@ -14,7 +14,7 @@ def test_defaults_are_safe_and_complete() -> None:
     assert s.metrics_host == "127.0.0.1"
     assert s.metrics_port == 9108
     assert dict(s.partitions) == {"raw": 4, "screened": 4, "escalated": 4, "scores": 4, "dlq": 4}
-    assert (s.prefilter_batch, s.probe_batch, s.model_batch) == (64, 64, 16)
+    assert (s.prefilter_batch, s.probe_batch, s.model_batch) == (64, 64, 64)
 
 
 def test_environment_overrides() -> None:
