@@ -55,7 +55,8 @@ def build_demo(out_root: Path = BUNDLED_ROOT, *, n_articles: int = 1600, seed: i
                work_root: Path = Path("out/demo-build"), cache_dir: Path | None = None,
                filters: Sequence[str] = DEMO_FILTERS, student: bool = True, commerce: bool = True,
                sample_path: Path | None = SAMPLE_PATH, n_sample: int = 240, device: str = "cpu",
-               student_max_train: int = STUDENT_MAX_TRAIN, progress: ProgressFn = _quiet) -> DemoResult:
+               student_max_train: int = STUDENT_MAX_TRAIN, probe_folds: int = 5, probe_max_epochs: int = 400,
+               progress: ProgressFn = _quiet) -> DemoResult:
     """Train and export the demo packages under ``out_root/<name>/1.0.0`` (their filter.yaml and
     prompt.md must be there already: they are the demo's definition, the rest is built here)."""
     result = DemoResult()
@@ -68,7 +69,8 @@ def build_demo(out_root: Path = BUNDLED_ROOT, *, n_articles: int = 1600, seed: i
         package = load_package(out_root / name / DEMO_VERSION)
         work = Workspace(work_root / name, cache_dir=cache)
         run_prepare(data_path, package, work, fractions=FRACTIONS, seed=seed)
-        probe = run_probe(package, work, device=device, progress=progress, seed=seed)
+        probe = run_probe(package, work, device=device, folds=probe_folds, progress=progress, seed=seed,
+                          max_epochs=probe_max_epochs)
         info: dict[str, Any] = {"probe_validation_mae": probe.validation_mae,
                                 "mean_baseline_mae": probe.mean_baseline_mae}
         if student and package.config.stage2 is not None:

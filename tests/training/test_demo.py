@@ -29,8 +29,9 @@ def test_build_demo_end_to_end(tmp_path: Path) -> None:
     (root / "commerce" / "v1").mkdir(parents=True)
     shutil.copy(REPO / "filters" / "commerce" / "v1" / "commerce.yaml", root / "commerce" / "v1")
     sample = tmp_path / "sample.jsonl"
-    result = build_demo(root, n_articles=260, seed=3, work_root=tmp_path / "work", cache_dir=tmp_path / "cache",
-                        sample_path=sample, n_sample=30, student_max_train=24)
+    # Small settings: the full build (`fluxscore train demo`) takes minutes; this checks the wiring.
+    result = build_demo(root, n_articles=200, seed=3, work_root=tmp_path / "work", cache_dir=tmp_path / "cache",
+                        sample_path=sample, n_sample=30, student_max_train=16, probe_folds=2, probe_max_epochs=30)
 
     packages = [load_package(root / name / "1.0.0") for name in DEMO_FILTERS]
     for package in packages:
