@@ -36,8 +36,7 @@ log = logging.getLogger("fluxscore.streams.app")
 EXIT_UNPROCESSABLE = 70  # EX_SOFTWARE
 
 
-def build_app(settings: StreamSettings, *, datadir: Path | None = None,
-              max_message_bytes: int = 1_048_576) -> faust.App:
+def build_app(settings: StreamSettings, *, datadir: Path | None = None) -> faust.App:
     bootstrap, _ = settings.require_cluster()
     if datadir is None:
         # Faust wants a data directory even without tables; a private one per process, removed at exit.
@@ -61,7 +60,7 @@ def build_app(settings: StreamSettings, *, datadir: Path | None = None,
         broker_rebalance_timeout=settings.rebalance_timeout,
         broker_commit_interval=settings.commit_interval,
         producer_max_batch_size=settings.producer_max_batch_bytes,
-        producer_max_request_size=max_message_bytes,
+        producer_max_request_size=settings.max_message_bytes,
         producer_acks=-1,
         worker_redirect_stdouts=False,
     )

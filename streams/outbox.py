@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from streams.exceptions import StreamError
 
@@ -38,11 +38,20 @@ class Message:
     fallback: Callable[[BaseException], Message] | None = None
 
 
+def _kafka_error(exc: BaseException) -> BaseException:
+    # Faust wraps the client's error (ProducerSendError ... from KafkaError); judge the original.
+    while not isinstance(exc, KafkaError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def _permanent(exc: BaseException) -> bool:
-    if isinstance(exc, KafkaTimeoutError):
+    """Kafka will refuse this message whatever we do (too large, not authorised), as opposed to 'later'."""
+    exc = _kafka_error(exc)
+    if isinstance(exc, (KafkaTimeoutError, KafkaConnectionError)):
         return False
     return isinstance(exc, KafkaError) and not getattr(exc, "retriable", False) \
-        and not getattr(exc, "invalid_metadata", False) and type(exc).__name__ != "KafkaConnectionError"
+        and not getattr(exc, "invalid_metadata", False)
 
 
 @dataclass
@@ -79,7 +88,7 @@ class Outbox:
                                           f"{type(result).__name__}: {result}", topic=msg.topic)
                     log.warning("message refused, sending its fallback",
                                 extra={"topic": msg.topic, "error": f"{type(result).__name__}: {result}"})
-                    retry.append(msg.fallback(result))
+                    retry.append(msg.fallback(_kafka_error(result)))
                 else:
                     transient = transient or result
                     retry.append(msg)

@@ -25,6 +25,7 @@ Filter behaviour is data in each package and model/batch settings of the scoring
 | ``FLUXSCORE_PREFILTER_BATCH`` / ``_WITHIN`` | ``64`` / ``0.2`` | micro-batch size / deadline (s), prefilter agent |
 | ``FLUXSCORE_PROBE_BATCH`` / ``_WITHIN`` | ``64`` / ``0.5`` | micro-batch size / deadline (s), probe agent |
 | ``FLUXSCORE_MODEL_BATCH`` / ``_WITHIN`` | ``64`` / ``1.0`` | escalations per micro-batch / deadline (s), model agent |
+| ``FLUXSCORE_MAX_MESSAGE_BYTES`` | ``1048576`` | largest message produced; match the broker's ``message.max.bytes`` |
 | ``FLUXSCORE_STREAM_BUFFER`` | ``256`` | events buffered per partition before the consumer pauses (backpressure) |
 | ``FLUXSCORE_METRICS_HOST`` | ``127.0.0.1`` | Prometheus bind address (loopback unless set) |
 | ``FLUXSCORE_METRICS_PORT`` | ``9108`` | Prometheus port; ``0`` picks a free port, ``off`` disables |
@@ -142,6 +143,7 @@ class StreamSettings:
     model_batch: int = 64
     model_within: float = 1.0
     stream_buffer: int = 256
+    max_message_bytes: int = 1_048_576
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9108
     reload_interval: float = 30.0
@@ -205,6 +207,7 @@ class StreamSettings:
             model_batch=_int(env, p + "MODEL_BATCH", 64),
             model_within=_float(env, p + "MODEL_WITHIN", 1.0, minimum=0.001),
             stream_buffer=_int(env, p + "STREAM_BUFFER", 256),
+            max_message_bytes=_int(env, p + "MAX_MESSAGE_BYTES", 1_048_576, minimum=16_384),
             metrics_host=_get(env, p + "METRICS_HOST") or "127.0.0.1",
             metrics_port=metrics_port,
             reload_interval=_float(env, p + "RELOAD_INTERVAL", 30.0),
@@ -226,6 +229,11 @@ class StreamSettings:
 
     def with_roles(self, roles: str | list[str] | tuple[str, ...]) -> StreamSettings:
         return replace(self, roles=parse_roles(roles))
+
+    @property
+    def dead_letter_payload_bytes(self) -> int:
+        """Payload bytes a dead letter keeps: base64 (4/3) plus the JSON around it must fit a message."""
+        return max(1024, (self.max_message_bytes - 8192) * 3 // 4)
 
     def with_app_id(self, app_id: str) -> StreamSettings:
         return replace(self, app_id=app_id)

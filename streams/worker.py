@@ -86,7 +86,7 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
     app: faust.App = build_app(settings)
     runner = StageRunner(pipeline=pipeline, topics=topics, dedupe=dedupe, send=faust_sender(app), metrics=metrics,
                          max_content_bytes=scoring.max_content_bytes, retry_max_backoff=settings.retry_max_backoff,
-                         worker=name)
+                         max_payload_bytes=settings.dead_letter_payload_bytes, worker=name)
     consumed = register_agents(app, runner, settings)
     register_lag_timer(app, runner)
     register_assignment_log(app)

@@ -60,3 +60,20 @@ def test_malformed_records_go_to_the_dlq(stream_env, workers, tmp_path: Path) ->
         assert dead.headers["fluxscore.source.partition"] == str(dead.source.partition)
         offsets.add((dead.source.partition, dead.source.offset))
     assert len(offsets) == len(MALFORMED)
+
+
+def test_a_valid_article_too_large_to_forward_is_dead_lettered(stream_env, workers, tmp_path: Path) -> None:
+    # The screened message carries the article and its model text, about twice the content: with a
+    # 32 KB message limit a 20 KB article is valid but cannot travel on. It must not block its partition.
+    workers(stream_env.env(FLUXSCORE_MAX_MESSAGE_BYTES="32768"))
+    big = orjson.dumps({"id": "big-1", "title": "A long report", "content": "Word " * 4000})
+    valid = synthetic_articles(10, seed=12)
+    produce_lines(stream_env, [*valid[:5], big, *valid[5:]], tmp_path / "big.jsonl")
+
+    expected = {(orjson.loads(v)["id"], f) for v in valid for f in STREAM_FILTERS}
+    got = collect(stream_env, lambda c: c.pairs >= expected and len(c.dead) >= 1, timeout=180)
+    assert got.pairs - expected <= {("big-1", f) for f in STREAM_FILTERS}, "only blocked pairs of big-1 may score"
+    (dead,) = got.dead
+    assert (dead.article_id, dead.stage) == ("big-1", "prefilter")
+    assert dead.error_type.endswith("MessageSizeTooLargeError")
+    assert dead.payload_truncated and big.startswith(dead.payload)

@@ -72,3 +72,33 @@ def test_a_refused_message_without_fallback_stops_the_batch(broker: EmbeddedBrok
 
     with pytest.raises(StreamError, match="refused a message"):
         asyncio.run(run())
+
+
+def test_an_error_wrapped_like_faust_wraps_it_is_judged_by_its_cause(broker: EmbeddedBroker) -> None:
+    from aiokafka.errors import KafkaError
+    from faust.exceptions import ProducerSendError
+
+    topic, dlq = f"outbox-wrapped-{next(_n)}", f"outbox-wrapped-dlq-{next(_n)}"
+
+    async def run() -> list[Message]:
+        await ensure_topics(broker.bootstrap, [TopicSpec(topic, 1), TopicSpec(dlq, 1)])
+        producer = make_producer(broker.bootstrap, max_request_size=2000)
+        await producer.start()
+        plain = aiokafka_sender(producer)
+
+        async def faust_like(topic: str, key: bytes | None, value: bytes, headers: object) -> object:
+            try:
+                return await plain(topic, key, value, None)
+            except KafkaError as exc:  # what faust.transport.drivers.aiokafka.Producer.send does
+                raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+
+        try:
+            outbox = Outbox(faust_like)  # type: ignore[arg-type]
+            outbox.add(Message(topic, b"k", b"x" * 5000,
+                               fallback=lambda exc: Message(dlq, b"k", type(exc).__name__.encode())))
+            return await asyncio.wait_for(outbox.flush(), 20)
+        finally:
+            await producer.stop()
+
+    (delivered,) = asyncio.run(run())
+    assert (delivered.topic, delivered.value) == (dlq, b"MessageSizeTooLargeError")
