@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ import orjson
 import typer
 from rich.console import Console
 
+from scoring.exceptions import FluxscoreError
 from streams.exceptions import StreamError
 from streams.settings import StreamSettings
 
@@ -41,7 +43,15 @@ def worker(
     except StreamError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    raise typer.Exit(run_worker(settings))
+    try:
+        code = run_worker(settings)
+    except FluxscoreError as exc:
+        # Startup problems (no such filter, broker unreachable): one clear line, not a traceback.
+        logging.getLogger("fluxscore.streams.worker").critical("worker cannot start", extra={
+            "error_type": type(exc).__name__, "error": str(exc)})
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 def _key_of(line: bytes) -> bytes | None:
