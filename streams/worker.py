@@ -94,8 +94,7 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
         reloader = Reloader(pipeline, settings.filters, metrics, role="+".join(settings.roles))
         register_reload_timer(app, lambda: reloader.poll(runner.in_thread), settings.reload_interval)
     if settings.metrics_port is not None:
-        port = metrics.serve(settings.metrics_host, settings.metrics_port)
-        log.info("metrics", extra={"url": f"http://{settings.metrics_host}:{port}/metrics"})
+        metrics.serve(settings.metrics_host, settings.metrics_port)
     log.info("worker starting", extra={"roles": list(settings.roles), "consumes": consumed, "app_id": settings.app_id,
                                        "bootstrap": bootstrap})
     try:
