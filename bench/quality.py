@@ -105,8 +105,8 @@ def _inner_split(rows: np.ndarray, groups: np.ndarray, positive: np.ndarray, see
 
 
 def run(data_path: Path, *, folds: int = 5, seed: int = 0, target: float = 0.02, student: bool = False,
-        embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2", head: int = 128, tail: int = 64,
-        device: str = "cpu", cache_dir: Path | None = None, student_epochs: int = 3,
+        embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2", text_prefix: str = "", head: int = 128,
+        tail: int = 64, device: str = "cpu", cache_dir: Path | None = None, student_epochs: int = 3,
         inner_folds: int = 5) -> dict[str, Any]:
     from scoring.embedding import load_embedder
     from training.crossfit import crossfit_probe
@@ -127,8 +127,8 @@ def run(data_path: Path, *, folds: int = 5, seed: int = 0, target: float = 0.02,
 
     started = time.monotonic()
     embedder = load_embedder(embedding_model, device)
-    emb = embed_with_cache(embedder, data.texts, EmbeddingCache(cache_dir or default_cache_dir()), head=head,
-                           tail=tail)
+    texts = [text_prefix + t for t in data.texts]
+    emb = embed_with_cache(embedder, texts, EmbeddingCache(cache_dir or default_cache_dir()), head=head, tail=tail)
     fold = _fold_ids(data, groups, config, folds, seed)
     n, d = target_scores.shape
     preds = {key: np.zeros((n, d)) for key in ("ours", "original", "mean", "student")}
@@ -201,7 +201,8 @@ def run(data_path: Path, *, folds: int = 5, seed: int = 0, target: float = 0.02,
     best_baseline = min(summary["original recipe (threshold on its training data)"]["mae"],
                         summary["training mean"]["mae"])
     return {"data": str(data_path), "articles": len(data), "dimensions": dims, "folds": folds, "seed": seed,
-            "target_fnr": target, "embedding_model": embedding_model, "head_tokens": head, "tail_tokens": tail,
+            "target_fnr": target, "embedding_model": embedding_model, "text_prefix": text_prefix,
+            "head_tokens": head, "tail_tokens": tail,
             "positives": int(positive.sum()), "dedup": dedup.to_dict(), "methods": summary,
             "mae_gain_vs_better_baseline": 1.0 - summary["fluxscore probe"]["mae"] / best_baseline,
             "seconds": round(time.monotonic() - started, 1)}
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--student", action="store_true", help="also cross-validate the LoRA student (slow on CPU)")
     parser.add_argument("--student-epochs", type=int, default=3)
     parser.add_argument("--embedding-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--text-prefix", default="", help='what the encoder expects before a text (e5: "query: ")')
     parser.add_argument("--head-tokens", type=int, default=128)
     parser.add_argument("--tail-tokens", type=int, default=64)
     parser.add_argument("--device", default="cpu")
@@ -278,7 +280,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if not args.data.is_file():
         parser.error(f"--data {args.data} does not exist")
     result = run(args.data, folds=args.folds, seed=args.seed, target=args.target, student=args.student,
-                 embedding_model=args.embedding_model, head=args.head_tokens, tail=args.tail_tokens,
+                 embedding_model=args.embedding_model, text_prefix=args.text_prefix, head=args.head_tokens,
+                 tail=args.tail_tokens,
                  device=args.device, cache_dir=args.cache, student_epochs=args.student_epochs)
     console.print(table(result))
     ours = result["methods"]["fluxscore probe"]

@@ -27,7 +27,7 @@ from scoring.calibration import Calibration
 from scoring.commerce import CommerceDetector, CommerceEvidence
 from scoring.embedding import Embedder, load_embedder
 from scoring.exceptions import PackageError, ScoringError
-from scoring.package import FilterPackage, resolve_many
+from scoring.package import FilterConfig, FilterPackage, resolve_many
 from scoring.prefilter import Prefilter
 from scoring.probe import Probe
 from scoring.records import (
@@ -51,6 +51,11 @@ class EmbeddingKey(NamedTuple):
     prefix: str
     head: int
     tail: int
+
+    @classmethod
+    def of(cls, config: FilterConfig) -> EmbeddingKey:
+        return cls(config.stage1.embedding_model, config.stage1.text_prefix, config.preprocessing.head_tokens,
+                   config.preprocessing.tail_tokens)
 
 
 def embed(embedder: Embedder, key: EmbeddingKey, texts: Sequence[str], batch_size: int) -> np.ndarray:
@@ -117,9 +122,7 @@ class LoadedFilter:
     @property
     def embedding_key(self) -> EmbeddingKey:
         """Filters with equal keys share one embedding per article."""
-        cfg = self.package.config
-        return EmbeddingKey(cfg.stage1.embedding_model, cfg.stage1.text_prefix, cfg.preprocessing.head_tokens,
-                            cfg.preprocessing.tail_tokens)
+        return EmbeddingKey.of(self.package.config)
 
     @classmethod
     def open(cls, package: FilterPackage, *, device: str = "cpu") -> LoadedFilter:
@@ -155,10 +158,12 @@ class Pipeline:
     stage1_batch: int = 64
     stage2_batch: int = 16
     students: StudentPool | None = None
+    # Prefilter and probe workers never run stage 2: loading a 1B-parameter base there would waste its memory.
+    load_students: bool = True
 
     @classmethod
     def load(cls, refs: str | Sequence[str] | Sequence[FilterPackage], *,
-             settings: ScoringSettings | None = None, commerce: bool = True) -> Pipeline:
+             settings: ScoringSettings | None = None, commerce: bool = True, students: bool = True) -> Pipeline:
         settings = settings or ScoringSettings.from_env()
         device = resolve_device(settings.device)
         if settings.torch_threads:
@@ -172,7 +177,7 @@ class Pipeline:
             packages = [resolve_many(r, roots)[0] if isinstance(r, str) else r for r in refs]
         detector = CommerceDetector.load(settings.commerce_package) if commerce else None
         pipeline = cls(filters={}, commerce=detector, device=device, stage1_batch=settings.stage1_batch,
-                       stage2_batch=settings.stage2_batch)
+                       stage2_batch=settings.stage2_batch, load_students=students)
         for package in packages:
             pipeline.add(package)
         return pipeline
@@ -182,7 +187,7 @@ class Pipeline:
     def add(self, package: FilterPackage) -> LoadedFilter:
         """Open a package and make it live, replacing an older version of the same filter."""
         loaded = LoadedFilter.open(package, device=self.device)
-        if package.has_stage2:
+        if package.has_stage2 and self.load_students:
             if self.students is None:
                 self.students = StudentPool(device=self.device, batch_size=self.stage2_batch)
             self.students.register(package)
@@ -314,7 +319,9 @@ class Pipeline:
             loaded = self.filters[name]
             cfg = loaded.package.config
             if self.students is None or not loaded.package.has_stage2:
-                raise ScoringError("filter has no stage-2 model", filter=loaded.package.ref, stage="stage2")
+                why = "filter has no stage-2 model" if not loaded.package.has_stage2 or self.load_students \
+                    else "this pipeline was loaded without students"
+                raise ScoringError(why, filter=loaded.package.ref, stage="stage2")
             t0 = time.perf_counter()
             raw = self.students.predict(loaded.package.ref, [e.text for e in items])
             calibrated = loaded.calibration.apply("stage2", cfg.dimension_names, raw)

@@ -105,6 +105,8 @@ def embed(package: FilterPackage, texts: Sequence[str], work: Workspace, *, devi
     cfg = package.config
     embedder = load_embedder(cfg.stage1.embedding_model, device)
     cache = EmbeddingCache(work.cache_dir)
+    # The prefix (e5's "query: ") is part of what serving encodes, so it is part of the cache key too.
+    texts = [cfg.stage1.text_prefix + t for t in texts] if cfg.stage1.text_prefix else list(texts)
     parts = []
     label = f"embedding ({cfg.stage1.embedding_model})"
     progress(label, 0, len(texts))
@@ -447,7 +449,7 @@ def measure_cost_ratio(package: FilterPackage, texts: Sequence[str], work: Works
     cfg = package.config
     if cfg.stage2 is None or not package.file(cfg.stage2.adapter).is_dir() or not texts:
         return None
-    sample = list(texts[:64])
+    sample = [cfg.stage1.text_prefix + t for t in texts[:64]]
     embedder = load_embedder(cfg.stage1.embedding_model, device)
     probe = Probe.load(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta))
     pool = StudentPool(device=device, batch_size=16)
