@@ -67,7 +67,8 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
     _quiet_progress_bars()
     started = time.perf_counter()
     # Models load once, before joining the group: a worker never holds partitions it cannot serve yet.
-    pipeline = Pipeline.load(list(settings.filters), settings=scoring)
+    pipeline = Pipeline.load(list(settings.filters), settings=scoring,
+                             students="model" in settings.roles)
     for filter_name in pipeline.filters:
         topics.scores(filter_name)  # validates the name against the reserved 'all'
     metrics.set_filters("+".join(settings.roles), pipeline.describe())
