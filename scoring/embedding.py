@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scoring.models import load_error, resolve_model_ref
+from scoring.models import hub_offline, load_error, resolve_model_ref
 from scoring.text import encode_head_tail
 
 
@@ -82,8 +82,9 @@ _LOCK = threading.Lock()
 
 
 def load_embedder(model_ref: str, device: str = "cpu") -> Embedder:
-    """Load a sentence-transformers model once per (ref, device) in this process."""
-    key = (model_ref, device)
+    """Load a sentence-transformers model once per (model, device) in this process."""
+    # Keyed by what the ref resolves to: "all-MiniLM-L6-v2" and its hub id are one model in memory.
+    key = (resolve_model_ref(model_ref), device)
     with _LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
@@ -92,7 +93,7 @@ def load_embedder(model_ref: str, device: str = "cpu") -> Embedder:
 
         try:
             model = SentenceTransformer(resolve_model_ref(model_ref), device=device,
-                                        local_files_only=True)
+                                        local_files_only=hub_offline())
         except Exception as exc:
             raise load_error(model_ref, "sentence-transformers encoder", exc) from exc
         model.eval()

@@ -1,11 +1,14 @@
 """Where models come from, which precision they run in, and how their files are fingerprinted.
 
-fluxscore never reaches a model hub at run time on purpose: a reference is a local path, the bundled
-all-MiniLM-L6-v2 package, or an id that transformers resolves from its local cache.
+A reference is a local path, the bundled all-MiniLM-L6-v2 package, or a hub id (google/gemma-3-1b-pt,
+intfloat/multilingual-e5-small). Hub ids come from the local Hugging Face cache and are downloaded on
+first use, unless ``FLUXSCORE_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``): production images bake their models
+in and run offline, so that a worker never stalls on a hub at start-up.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +33,13 @@ def resolve_model_ref(ref: str) -> str:
     return ref
 
 
+def hub_offline() -> bool:
+    """True when no model may be downloaded: ids must then be in the local cache (``local_files_only``)."""
+    truthy = {"1", "true", "yes", "on"}
+    return (os.environ.get("FLUXSCORE_OFFLINE", "").lower() in truthy
+            or os.environ.get("HF_HUB_OFFLINE", "").lower() in truthy)
+
+
 def load_error(ref: str, what: str, exc: BaseException) -> ModelLoadError:
     """A ModelLoadError that says which ref failed and the likely reason, keeping the cause's text."""
     resolved = resolve_model_ref(ref)
@@ -39,8 +49,10 @@ def load_error(ref: str, what: str, exc: BaseException) -> ModelLoadError:
     elif looks_local:
         hint = f"the path {ref} does not exist"
     else:
-        hint = (f"{ref!r} is neither a local path nor in the local model cache, and no model hub is "
-                "reachable offline; point the filter at a local directory")
+        hint = (f"{ref!r} is neither a local path nor in the local model cache, and "
+                + ("FLUXSCORE_OFFLINE/HF_HUB_OFFLINE forbid downloading it" if hub_offline()
+                   else "it could not be downloaded")
+                + "; point the filter at a local directory or fill the cache")
     return ModelLoadError(f"cannot load {what} {ref!r}: {hint} ({type(exc).__name__}: {exc})",
                           model=ref)
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from scoring.exceptions import ModelFilesMissingError, ModelLoadError, PackageError
-from scoring.models import dtype_for, load_error, resolve_model_ref
+from scoring.models import dtype_for, hub_offline, load_error, resolve_model_ref
 from scoring.package import FilterPackage
 from scoring.text import encode_head_tail
 
@@ -244,9 +244,9 @@ class StudentPool:
         # weights" report transformers prints on load is noise here.
         hf_logging.set_verbosity_error()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, dtype=self.dtype, local_files_only=True)
+                path, num_labels=1, dtype=self.dtype, local_files_only=hub_offline())
         except Exception as exc:
             raise load_error(base_ref, "stage-2 base model", exc) from exc
         finally:

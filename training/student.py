@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scoring.models import load_error, resolve_model_ref
+from scoring.models import hub_offline, load_error, resolve_model_ref
 from scoring.student import head_name, model_max_length, pad_batch, pad_id_of
 from scoring.text import encode_head_tail
 from training.exceptions import TrainingDataError
@@ -177,11 +177,11 @@ def _build(base_model: str, dims: list[str], recipe: StudentRecipe, ty: np.ndarr
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "head newly initialised" report is expected here
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
         # Master weights in fp32 on every device; bf16 comes from autocast on CUDA.
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(dims), problem_type="regression", dtype=torch.float32,
-            local_files_only=True)
+            local_files_only=hub_offline())
     except Exception as exc:
         raise load_error(base_model, "stage-2 base model", exc) from exc
     finally:

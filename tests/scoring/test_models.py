@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scoring.exceptions import ModelLoadError
-from scoring.models import dtype_for, file_hash, load_error, resolve_model_ref
+from scoring.models import dtype_for, file_hash, hub_offline, load_error, resolve_model_ref
 
 
 def test_local_paths_resolve_to_themselves(tmp_path: Path) -> None:
@@ -28,10 +28,25 @@ def test_dtype_per_device() -> None:
     assert dtype_for("cuda:1") is torch.bfloat16
 
 
-def test_load_error_explains_offline_hub_and_missing_paths(tmp_path: Path) -> None:
+def test_offline_follows_either_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLUXSCORE_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert not hub_offline()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert hub_offline()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("FLUXSCORE_OFFLINE", "1")
+    assert hub_offline()
+
+
+def test_load_error_explains_offline_hub_and_missing_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUXSCORE_OFFLINE", "1")
     hub = load_error("google/gemma-3-1b-pt", "base model", OSError("no connection"))
     assert isinstance(hub, ModelLoadError)
-    assert "google/gemma-3-1b-pt" in str(hub) and "no model hub is reachable offline" in str(hub)
+    assert "google/gemma-3-1b-pt" in str(hub) and "forbid downloading" in str(hub)
+    monkeypatch.delenv("FLUXSCORE_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert "could not be downloaded" in str(load_error("google/gemma-3-1b-pt", "base model", OSError("x")))
     missing = load_error(str(tmp_path / "nowhere"), "base model", OSError("x"))
     assert "does not exist" in str(missing)
     broken = load_error(str(tmp_path), "base model", ValueError("bad config"))
