@@ -10,7 +10,7 @@ import yaml
 
 from scoring.article import Article
 from scoring.calibration import Calibration, IsotonicMap
-from scoring.exceptions import PackageError
+from scoring.exceptions import PackageError, ScoringError
 from scoring.package import load_package
 from scoring.pipeline import Escalation, Pipeline, Screened
 from scoring.records import StageUsed
@@ -144,6 +144,17 @@ def test_staged_path_over_the_wire_equals_in_process(packages: Path) -> None:
         assert record.stage == other.stage
         assert record.tier == other.tier
         assert record.weighted_average == pytest.approx(other.weighted_average, abs=1e-4)
+
+
+def test_screen_and_probe_workers_load_no_student(packages: Path) -> None:
+    load(packages, alpha=0.0)
+    front = Pipeline.load([load_package(packages / "alpha" / "1.0.0")], students=False)
+    assert front.students is None
+    _, screened = front.screen(articles(3))
+    final, escalations = front.probe(screened)
+    assert escalations and not final
+    with pytest.raises(ScoringError, match="loaded without students"):
+        front.escalate(escalations)
 
 
 def test_probe_on_another_encoder_is_refused(packages: Path, tmp_path: Path) -> None:
