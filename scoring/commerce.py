@@ -84,6 +84,12 @@ class RuleGroup(_Strict):
 class CommerceConfig(_Strict):
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
     embedding_model: str
+    # The cut the classifier was trained on. The pipeline reuses a filter's stage-1 embedding only when
+    # that filter's cut is identical; otherwise it encodes once more rather than feed the classifier
+    # embeddings of another text window.
+    text_prefix: str = Field("", description="what the encoder expects before a text")
+    head_tokens: int = Field(128, ge=1, description="tokens from the start of the text")
+    tail_tokens: int = Field(64, ge=0, description="tokens from the end of the text")
     threshold: float = Field(gt=0.0, lt=1.0, description="classifier probability that blocks")
     rule_block_threshold: float = Field(gt=0.0, le=1.0, description="rule score that blocks on its own")
     rules_only_threshold: float = Field(gt=0.0, le=1.0, description="rule score that blocks without classifier")

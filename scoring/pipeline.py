@@ -247,12 +247,10 @@ class Pipeline:
         return {key: embed(load_embedder(key.model, self.device), key, texts, self.stage1_batch) for key in keys}
 
     def _commerce_key(self) -> EmbeddingKey:
-        """The filters' embedding when the commerce classifier was trained on the same encoder."""
+        """The embedding the commerce classifier was trained on: shared when a filter's key is equal."""
         assert self.commerce is not None
-        for loaded in self.filters.values():
-            if loaded.embedding_key.model == self.commerce.embedding_model:
-                return loaded.embedding_key
-        return EmbeddingKey(self.commerce.embedding_model, "", 256, 0)
+        cfg = self.commerce.config
+        return EmbeddingKey(cfg.embedding_model, cfg.text_prefix, cfg.head_tokens, cfg.tail_tokens)
 
     def probe(self, screened: Sequence[Screened]) -> tuple[list[ScoreRecord], list[Escalation]]:
         """Embed once, classify commerce, run every open filter's probe; route final or escalate."""

@@ -23,7 +23,6 @@ from training.steps import (
     Workspace,
     _quiet,
     default_cache_dir,
-    embed,
     run_calibrate,
     run_export,
     run_prepare,
@@ -110,13 +109,9 @@ def fit_demo_commerce(records: list[dict[str, Any]], detector_dir: Path, work: W
     articles = [validate_article(strip_labels(r)) for r in originals]
     labels = [bool(r["truth"]["is_commerce"]) for r in originals]
     config = load_commerce_config(detector_dir)
-    # The pipeline hands the detector the embedding of the first filter on the same encoder; the demo
-    # filters cut 128 head + 64 tail tokens, so the classifier learns on exactly those embeddings.
-    demo = load_package(detector_dir.parent.parent / "demo" / DEMO_VERSION)
-    if demo.config.stage1.embedding_model == config.embedding_model:
-        emb = embed(demo, [article_text(a) for a in articles], work, device=device, progress=progress)
-    else:
-        embedder = load_embedder(config.embedding_model, device)
-        emb = embed_with_cache(embedder, [article_text(a) for a in articles], EmbeddingCache(work.cache_dir),
-                               head=256, tail=0)
+    # Exactly the cut commerce.yaml names, which the pipeline encodes for the detector (the demo filters
+    # use the same one, so serving shares their embedding).
+    embedder = load_embedder(config.embedding_model, device)
+    emb = embed_with_cache(embedder, [config.text_prefix + article_text(a) for a in articles],
+                           EmbeddingCache(work.cache_dir), head=config.head_tokens, tail=config.tail_tokens)
     return fit_commerce(articles, labels, np.asarray(emb), detector_dir, seed=seed)

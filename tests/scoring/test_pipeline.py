@@ -12,7 +12,7 @@ from scoring.article import Article
 from scoring.calibration import Calibration, IsotonicMap
 from scoring.exceptions import PackageError, ScoringError
 from scoring.package import load_package
-from scoring.pipeline import Escalation, Pipeline, Screened
+from scoring.pipeline import EmbeddingKey, Escalation, Pipeline, Screened, embed
 from scoring.records import StageUsed
 from tests.conftest import student_package, toy_texts, train_tiny_student
 
@@ -155,6 +155,27 @@ def test_screen_and_probe_workers_load_no_student(packages: Path) -> None:
     assert escalations and not final
     with pytest.raises(ScoringError, match="loaded without students"):
         front.escalate(escalations)
+
+
+def test_commerce_sees_the_window_it_was_trained_on(packages: Path) -> None:
+    """The test filters cut 64+16 tokens; the detector gets its own 128+64 embedding, not theirs."""
+    from scoring.embedding import load_embedder
+
+    pipeline = load(packages, alpha=10.0)
+    assert pipeline.commerce is not None
+    cfg = pipeline.commerce.config
+    key = EmbeddingKey(cfg.embedding_model, cfg.text_prefix, cfg.head_tokens, cfg.tail_tokens)
+    assert key not in {f.embedding_key for f in pipeline.filters.values()}
+    batch = articles(4)
+    _, screened = pipeline.screen(batch)
+    final, _ = pipeline.probe(screened)
+    own = embed(load_embedder(cfg.embedding_model), key, [s.text for s in screened], batch_size=8)
+    expected = pipeline.commerce.classify([s.commerce for s in screened], own)  # type: ignore[misc]
+    got = {r.article_id: r.commerce for r in final if r.filter.name == "beta"}
+    assert got  # the shop is blocked by rules alone, at screening; the others reach the classifier
+    for item, want in zip(screened, expected, strict=True):
+        if item.article.id in got:
+            assert got[item.article.id].score == pytest.approx(want.score, rel=1e-3, abs=1e-12)
 
 
 def test_probe_on_another_encoder_is_refused(packages: Path, tmp_path: Path) -> None:
