@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     stream = importlib.import_module("bench.stream")
     results += stream.main([])
     if quality_data is not None:
-        importlib.import_module("bench.quality").main(["--data", str(quality_data)])
+        results += importlib.import_module("bench.quality").main(["--data", str(quality_data)])
     path = save("all", results)
     print_results(results, "fluxscore benchmarks", path)
     return 0

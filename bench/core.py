@@ -61,7 +61,9 @@ def student_package(base_dir: Path, out_root: Path, name: str, n_dims: int, *, m
     torch.manual_seed(0)
     pkg = out_root / name / "1.0.0"
     (pkg / "adapter").mkdir(parents=True)
-    model = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=n_dims)
+    # The base was saved with a 1-output head; this package's head is new (random) either way.
+    model = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=n_dims,
+                                                               ignore_mismatched_sizes=True)
     peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
                                                   target_modules=list(target_modules)))
     peft_model.save_pretrained(str(pkg / "adapter"))
