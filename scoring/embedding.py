@@ -11,15 +11,56 @@ CPU-made embeddings, and a MiniLM-sized encoder gains little from bf16.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from scoring.models import hub_offline, load_error, resolve_model_ref
 from scoring.text import encode_head_tail
+
+
+class EmbeddingStore(Protocol):
+    """Where finished embeddings are kept: training's files on disk, the stream workers' Redis.
+
+    A store may forget or fail to answer (a miss is then recomputed); it must never return a row for
+    another key."""
+
+    def get_many(self, keys: Sequence[bytes]) -> list[np.ndarray | None]: ...
+
+    def put_many(self, keys: Sequence[bytes], embeddings: np.ndarray) -> None: ...
+
+
+def cache_key(model_ref: str, text: str, *, head: int, tail: int, max_length: int | None = None) -> bytes:
+    """32 bytes naming one embedding: the encoder, the cut and the text exactly as encoded."""
+    text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    spec = f"{model_ref}\0{head}\0{tail}\0{max_length or ''}\0{text_hash}"
+    return hashlib.sha256(spec.encode("utf-8")).digest()
+
+
+def encode_cached(embedder: Embedder, texts: Sequence[str], store: EmbeddingStore | None, *, head: int, tail: int,
+                  batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
+    """Embeddings of ``texts``, encoding only those ``store`` does not hold (and storing those)."""
+    if store is None or not texts:
+        return embedder.encode(texts, head=head, tail=tail, batch_size=batch_size, max_length=max_length)
+    keys = [cache_key(embedder.model_ref, t, head=head, tail=tail, max_length=max_length) for t in texts]
+    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+    todo: dict[bytes, list[int]] = {}
+    for i, (key, row) in enumerate(zip(keys, store.get_many(keys), strict=True)):
+        if row is not None and row.shape == (embedder.dim,):
+            out[i] = row
+        else:
+            todo.setdefault(key, []).append(i)
+    if todo:
+        fresh = embedder.encode([texts[rows[0]] for rows in todo.values()], head=head, tail=tail,
+                                batch_size=batch_size, max_length=max_length)
+        for rows, row in zip(todo.values(), fresh, strict=True):
+            out[rows] = row
+        store.put_many(list(todo), fresh)
+    return out
 
 
 class Embedder:

@@ -25,7 +25,7 @@ from scoring.aggregate import PercentileNormalizer, aggregate
 from scoring.article import Article
 from scoring.calibration import Calibration
 from scoring.commerce import CommerceDetector, CommerceEvidence
-from scoring.embedding import Embedder, load_embedder
+from scoring.embedding import Embedder, EmbeddingStore, encode_cached, load_embedder
 from scoring.exceptions import PackageError, ScoringError
 from scoring.package import FilterConfig, FilterPackage, resolve_many
 from scoring.prefilter import Prefilter
@@ -58,10 +58,11 @@ class EmbeddingKey(NamedTuple):
                    config.preprocessing.tail_tokens)
 
 
-def embed(embedder: Embedder, key: EmbeddingKey, texts: Sequence[str], batch_size: int) -> np.ndarray:
+def embed(embedder: Embedder, key: EmbeddingKey, texts: Sequence[str], batch_size: int,
+          store: EmbeddingStore | None = None) -> np.ndarray:
     """The stage-1 embedding of texts exactly as serving computes it (training calls this too)."""
     inputs = [key.prefix + t for t in texts] if key.prefix else list(texts)
-    return embedder.encode(inputs, head=key.head, tail=key.tail, batch_size=batch_size)
+    return encode_cached(embedder, inputs, store, head=key.head, tail=key.tail, batch_size=batch_size)
 
 
 def _ms(start: float) -> float:
@@ -160,6 +161,8 @@ class Pipeline:
     students: StudentPool | None = None
     # Prefilter and probe workers never run stage 2: loading a 1B-parameter base there would waste its memory.
     load_students: bool = True
+    # Redelivered or re-published articles are not encoded twice (the stream workers' Redis).
+    embedding_store: EmbeddingStore | None = None
 
     @classmethod
     def load(cls, refs: str | Sequence[str] | Sequence[FilterPackage], *,
@@ -244,7 +247,8 @@ class Pipeline:
     def _embed(self, screened: Sequence[Screened]) -> dict[EmbeddingKey, np.ndarray]:
         keys = {f.embedding_key for f in self.filters.values()}
         texts = [s.text for s in screened]
-        return {key: embed(load_embedder(key.model, self.device), key, texts, self.stage1_batch) for key in keys}
+        return {key: embed(load_embedder(key.model, self.device), key, texts, self.stage1_batch, self.embedding_store)
+                for key in keys}
 
     def _commerce_key(self) -> EmbeddingKey:
         """The embedding the commerce classifier was trained on: shared when a filter's key is equal."""
@@ -264,7 +268,7 @@ class Pipeline:
             key = self._commerce_key()
             if key not in embeddings:
                 embeddings[key] = embed(load_embedder(key.model, self.device), key, [s.text for s in screened],
-                                        self.stage1_batch)
+                                        self.stage1_batch, self.embedding_store)
             evidence = [s.commerce for s in screened]
             if all(e is not None for e in evidence):
                 commerce_results = list(self.commerce.classify(evidence, embeddings[key]))  # type: ignore[arg-type]

@@ -53,6 +53,8 @@ class StreamMetrics:
                                   ["topic", "partition"], registry=r)
         self.retries = Counter("fluxscore_stream_retries", "Waits for an unavailable service", ["service"],
                                registry=r)
+        self.embedding_cache = Counter("fluxscore_stream_embedding_cache",
+                                       "Embedding cache lookups (hit, miss) and Redis errors", ["event"], registry=r)
         self.reloads = Counter("fluxscore_stream_reloads", "Filter packages (re)loaded while running",
                                ["filter", "outcome"], registry=r)
         self.filter_info = Gauge("fluxscore_stream_filter_info", "Live filter versions (value 1)",

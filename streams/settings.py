@@ -32,6 +32,7 @@ Filter behaviour is data in each package and model/batch settings of the scoring
 | ``FLUXSCORE_RELOAD_INTERVAL`` | ``30`` | seconds between checks for new package versions; ``0`` disables hot reload |
 | ``FLUXSCORE_DEDUPE_TTL`` | ``604800`` | seconds a scored record is kept in Redis for idempotency |
 | ``FLUXSCORE_REDIS_PREFIX`` | ``fluxscore`` | prefix of the Redis keys |
+| ``FLUXSCORE_EMBEDDING_CACHE_TTL`` | ``0`` | seconds a stage-1 embedding is kept in Redis; ``0``: no embedding cache |
 | ``FLUXSCORE_RETRY_MAX_BACKOFF`` | ``5`` | cap (s) of the backoff while Redis or Kafka is unavailable |
 | ``FLUXSCORE_SESSION_TIMEOUT`` | ``10`` | Kafka consumer session timeout (s) |
 | ``FLUXSCORE_HEARTBEAT_INTERVAL`` | ``1`` | Kafka consumer heartbeat interval (s) |
@@ -149,6 +150,7 @@ class StreamSettings:
     reload_interval: float = 30.0
     dedupe_ttl: int = 7 * 24 * 3600
     redis_prefix: str = "fluxscore"
+    embedding_cache_ttl: int = 0
     retry_max_backoff: float = 5.0
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
@@ -213,6 +215,7 @@ class StreamSettings:
             reload_interval=_float(env, p + "RELOAD_INTERVAL", 30.0),
             dedupe_ttl=_int(env, p + "DEDUPE_TTL", 7 * 24 * 3600),
             redis_prefix=_get(env, p + "REDIS_PREFIX") or "fluxscore",
+            embedding_cache_ttl=_int(env, p + "EMBEDDING_CACHE_TTL", 0, minimum=0),
             retry_max_backoff=_float(env, p + "RETRY_MAX_BACKOFF", 5.0, minimum=0.01),
             session_timeout=_float(env, p + "SESSION_TIMEOUT", 10.0, minimum=0.1),
             heartbeat_interval=_float(env, p + "HEARTBEAT_INTERVAL", 1.0, minimum=0.05),

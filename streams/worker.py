@@ -71,6 +71,12 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
                              students="model" in settings.roles)
     for filter_name in pipeline.filters:
         topics.scores(filter_name)  # validates the name against the reserved 'all'
+    if settings.embedding_cache_ttl and "probe" in settings.roles:
+        from streams.embcache import RedisEmbeddingStore
+
+        pipeline.embedding_store = RedisEmbeddingStore.from_url(
+            redis_url, prefix=settings.redis_prefix, ttl=settings.embedding_cache_ttl,
+            on_event=lambda event, n: metrics.embedding_cache.labels(event).inc(n))
     metrics.set_filters("+".join(settings.roles), pipeline.describe())
     log.info("filters loaded", extra={"filters": pipeline.describe(),
                                       "seconds": round(time.perf_counter() - started, 2)})
