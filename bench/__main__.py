@@ -2,7 +2,7 @@
 
     python -m bench                      # stages in-process + streaming (broker) benchmarks
     python -m bench --quality-data ../shared/data/oracle-labelled-seece-dev.jsonl   # + quality
-    python -m bench core|stream|quality [args…]                                     # one of them
+    python -m bench core|stream|quality|gpu [args…]                                 # one of them
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.common import Result, print_results, save
 
-SUITES = ("core", "stream", "quality")
+SUITES = ("core", "stream", "quality", "gpu")
 
 
 def main(argv: list[str]) -> int:
@@ -25,6 +25,10 @@ def main(argv: list[str]) -> int:
         quality_data = Path(argv[argv.index("--quality-data") + 1])
     results: list[Result] = []
     results += importlib.import_module("bench.core").main([])
+    import torch
+
+    if torch.cuda.is_available():
+        results += importlib.import_module("bench.gpu").main([])
     stream = importlib.import_module("bench.stream")
     results += stream.main([])
     if quality_data is not None:
