@@ -110,7 +110,14 @@ def gemma_270m(cache: Path) -> Path | None:
     gguf = packaged.assemble(cache / packaged.MODEL_NAME)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForSequenceClassification.from_pretrained(str(gguf.parent), gguf_file=gguf.name, num_labels=1)
-    model.save_pretrained(str(target))
+    # The weights are dequantized on load, but transformers still marks the model as GGUF-quantized and
+    # refuses to save it: rebuild a plain model from the same config and weights.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))
     return target
 
