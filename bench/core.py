@@ -67,9 +67,9 @@ def student_package(base_dir: Path, out_root: Path, name: str, n_dims: int, *, m
     peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
                                                   target_modules=list(target_modules)))
     peft_model.save_pretrained(str(pkg / "adapter"))
-    dims = [{"name": f"d{i}", "weight": round(1.0 / n_dims, 10) if i < n_dims - 1 else 0.0,
-             "description": "benchmark dimension"} for i in range(n_dims)]
-    dims[-1]["weight"] = 1.0 - sum(d["weight"] for d in dims[:-1])  # type: ignore[operator]
+    weights = [round(1.0 / n_dims, 10)] * (n_dims - 1)
+    weights.append(1.0 - sum(weights))
+    dims = [{"name": f"d{i}", "weight": w, "description": "benchmark dimension"} for i, w in enumerate(weights)]
     config = {"name": name, "version": "1.0.0", "dimensions": dims,
               "stage1": {"embedding_model": "sentence-transformers/all-MiniLM-L6-v2", "probe": "probe.safetensors",
                          "probe_meta": "probe.json", "threshold": 0.0},
@@ -89,7 +89,8 @@ def tiny_gemma(out: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_ref("sentence-transformers/all-MiniLM-L6-v2"))
     config = Gemma3TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=256, intermediate_size=1024,
                               num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1, head_dim=64,
-                              max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id, num_labels=1)
+                              max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
+    config.num_labels = 1
     model = Gemma3TextForSequenceClassification(config)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -144,10 +145,14 @@ def run(articles: list[Article], *, with_270m: bool, stage2_n: int, threads: int
     results.append(Result("stage1", "one at a time", rate, items, secs))
 
     texts = [article_text(a) for a in articles[:stage2_n]]
-    assert pipeline.students is not None
-    for ref in pipeline.students.refs:
-        rate, items, secs = measure(lambda ref=ref: (pipeline.students.predict(ref, texts), len(texts))[1],  # type: ignore[union-attr]
-                                    repeat=2)
+    students = pipeline.students
+    assert students is not None
+    for ref in students.refs:
+        def stage2(ref: str = ref) -> int:
+            students.predict(ref, texts)
+            return len(texts)
+
+        rate, items, secs = measure(stage2, repeat=2)
         results.append(Result("stage2", f"{ref} (MiniLM + LoRA)", rate, items, secs))
 
     with tempfile.TemporaryDirectory(prefix="fluxscore-bench-") as tmp:
