@@ -114,7 +114,7 @@ async def _wait_records(bootstrap: str, topic: str, want: set[str], n_filters: i
                 raise TimeoutError(f"{done}/{len(want)} articles complete after {timeout} s")
             for messages in (await consumer.getmany(timeout_ms=200, max_records=2000)).values():
                 for msg in messages:
-                    article = msg.key.decode().rsplit("|", 2)[0]
+                    article = msg.key.decode()  # score messages are keyed by article id
                     if article in want:
                         seen[article] = seen.get(article, 0) + 1
                         if seen[article] == n_filters:

@@ -38,7 +38,7 @@ from streams.exceptions import WireFormatError
 from streams.metrics import StreamMetrics
 from streams.outbox import Message, Outbox, Sender
 from streams.topics import Topics
-from streams.wire import decode_escalation, decode_screened, encode
+from streams.wire import RECORD_KEY_HEADER, decode_escalation, decode_screened, encode
 
 log = logging.getLogger("fluxscore.streams.agents")
 T = TypeVar("T")
@@ -211,10 +211,11 @@ class StageRunner:
                 continue
             if not claim.fresh:
                 repeats["re-emitted"] += 1
-            headers = [("fluxscore.article_id", claim.key.rsplit("|", 2)[0].encode()),
-                       ("fluxscore.filter", claim.filter.encode())]
+            article_id = claim.key.rsplit("|", 2)[0].encode()
+            headers = [("fluxscore.article_id", article_id), ("fluxscore.filter", claim.filter.encode()),
+                       (RECORD_KEY_HEADER, claim.key.encode())]
             for topic in (self.topics.scores(claim.filter).name, self.topics.all_scores.name):
-                outbox.add(Message(topic, claim.key.encode(), claim.payload, headers))
+                outbox.add(Message(topic, article_id, claim.payload, headers))
             emitted.append(claim)
         for message in forwards:
             outbox.add(message)

@@ -32,6 +32,7 @@ from streams.dlq import DeadLetterRecord
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from streams.exceptions import StreamError
 from streams.settings import StreamSettings
+from streams.wire import record_key_of
 
 SAMPLE = Path(__file__).resolve().parent.parent / "scoring" / "data" / "sample_articles.jsonl"
 # Tansu specifics: one record per producer batch (its ListOffsets), and short group timeouts
@@ -149,8 +150,8 @@ async def _watch(bootstrap: str, scores: str, dlq: str, state: Progressed, deadl
                     for msg in messages:
                         if msg.topic == dlq:
                             state.add_dead(DeadLetterRecord.parse(msg.value, list(msg.headers or [])))
-                        elif msg.key is not None and msg.value is not None:
-                            state.add_record(msg.key, msg.value)
+                        elif msg.value is not None and (key := record_key_of(msg.key, msg.headers)):
+                            state.add_record(key, msg.value)
                 progress.update(task, completed=state.done_articles)
                 live.update(Group(progress, _stage_table(state, time.perf_counter() - started)))
         console.print()

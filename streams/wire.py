@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -11,6 +12,17 @@ from streams.dlq import article_id_of
 from streams.exceptions import WireFormatError
 
 M = TypeVar("M", bound=BaseModel)
+# Score messages are keyed by article id (one article's records share a partition, in order); this header
+# names the record itself: article|filter|package_hash, one per (article, filter, package version).
+RECORD_KEY_HEADER = "fluxscore.record_key"
+
+
+def record_key_of(key: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> bytes | None:
+    """The record key of a message read from a ``scores.*`` topic."""
+    for name, value in headers or ():
+        if name == RECORD_KEY_HEADER:
+            return value
+    return key
 
 
 def encode(item: BaseModel) -> bytes:

@@ -188,8 +188,9 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 class Collected:
     """What a test read back: score records by key, dead letters, and the raw messages."""
 
-    records: dict[bytes, list[bytes]] = field(default_factory=dict)
+    records: dict[bytes, list[bytes]] = field(default_factory=dict)  # by record key
     dead: list[Any] = field(default_factory=list)
+    kafka_keys: dict[bytes, bytes] = field(default_factory=dict)  # record key -> the message's Kafka key
 
     @property
     def pairs(self) -> set[tuple[str, str]]:
@@ -208,6 +209,7 @@ async def _collect(bootstrap: str, scores: str, dlq: str, done: Callable[[Collec
                    timeout: float, settle: float) -> Collected:
     from streams.dlq import DeadLetterRecord
     from streams.kafka import make_consumer
+    from streams.wire import record_key_of
 
     consumer = make_consumer(bootstrap, scores, dlq)
     await consumer.start()
@@ -224,7 +226,10 @@ async def _collect(bootstrap: str, scores: str, dlq: str, done: Callable[[Collec
                     if msg.topic == dlq:
                         got.dead.append(DeadLetterRecord.parse(msg.value, list(msg.headers or [])))
                     else:
-                        got.records.setdefault(msg.key, []).append(msg.value)
+                        key = record_key_of(msg.key, msg.headers)
+                        assert key is not None and msg.key is not None
+                        got.records.setdefault(key, []).append(msg.value)
+                        got.kafka_keys[key] = msg.key
     finally:
         await consumer.stop()
     return got

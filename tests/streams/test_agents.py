@@ -20,7 +20,7 @@ from streams.kafka import aiokafka_sender, ensure_topics, make_consumer, make_pr
 from streams.metrics import StreamMetrics
 from streams.settings import StreamSettings
 from streams.topics import Topics
-from streams.wire import encode
+from streams.wire import encode, record_key_of
 from tests.integration.conftest import STREAM_FILTERS, redis_url, synthetic_articles
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,8 @@ class Harness:
             while loop.time() < deadline:
                 batch = await consumer.getmany(timeout_ms=200)
                 for messages in batch.values():
-                    got.extend((m.key, m.value) for m in messages)
+                    # Score messages: by record key (their Kafka key is the article id).
+                    got.extend((record_key_of(m.key, m.headers), m.value) for m in messages)  # type: ignore[misc]
                 if len(got) >= at_least:
                     quiet_until = quiet_until or loop.time() + wait
                     if loop.time() > quiet_until:
