@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -315,19 +314,6 @@ def test_evidence_never_raises(detector: CommerceDetector, title: str, content: 
     ev = evidence(detector, title, content, url)
     assert 0.0 <= ev.rule_score <= 1.0
     assert len(ev.features) == len(detector.feature_names)
-
-
-def test_evidence_is_a_few_milliseconds(detector: CommerceDetector) -> None:
-    title, content = NEWS["inflation"]
-    a = art(title, content * 6)
-    text = article_text(a)
-    detector.evidence(a, text)
-    n = 50
-    start = time.perf_counter()
-    for _ in range(n):
-        detector.evidence(a, text)
-    per_article = (time.perf_counter() - start) / n
-    assert per_article < 0.015, f"{per_article * 1e3:.2f} ms for {len(text)} characters"
 
 
 # --- classifier at serving -----------------------------------------------------------------------

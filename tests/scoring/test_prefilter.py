@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -259,22 +258,3 @@ def test_adding_an_override_never_turns_pass_into_block(content: str, override: 
     art = article(content=content, title="")
     before, after = run(base, art)[0], run(with_override, art)[0]
     assert after or not before
-
-
-def test_check_is_well_under_a_millisecond() -> None:
-    words = [f"keyword{i}" for i in range(50)] + ["football", "match", "café", "東京"]
-    rules = PrefilterRules.model_validate({
-        "min_length": 100, "blocked_domains": ["example.com", "ads.net"],
-        "exclusions": [{"name": f"c{i}", "keywords": words, "patterns": [r"\b\d+-\d+ win\b"], "min_hits": 3}
-                       for i in range(3)]})
-    prefilter = Prefilter(rules)
-    art = article(content=LONG_NEWS * 3, url="https://news.site.org/a")
-    text = article_text(art)
-    assert len(text) > 2500
-    prefilter.check(art, text)
-    n = 200
-    start = time.perf_counter()
-    for _ in range(n):
-        assert prefilter.check(art, text).passed
-    per_article = (time.perf_counter() - start) / n
-    assert per_article < 1e-3, f"{per_article * 1e3:.3f} ms per article"
