@@ -24,7 +24,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
-from scoring.embedding import Embedder
+from scoring.embedding import Embedder, cache_key, encode_cached
 from scoring.probe import SCORE_RANGE, Probe, ProbeNet
 from training.exceptions import TrainingDataError
 
@@ -218,11 +218,7 @@ class EmbeddingCache:
         self._index: dict[bytes, np.ndarray] | None = None
         self._seen: set[str] = set()
 
-    @staticmethod
-    def key(model_ref: str, text: str, *, head: int, tail: int, max_length: int | None = None) -> bytes:
-        text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        spec = f"{model_ref}\0{head}\0{tail}\0{max_length or ''}\0{text_hash}"
-        return hashlib.sha256(spec.encode("utf-8")).digest()
+    key = staticmethod(cache_key)
 
     def _load(self) -> dict[bytes, np.ndarray]:
         if self._index is None:
@@ -264,20 +260,4 @@ class EmbeddingCache:
 def embed_with_cache(embedder: Embedder, texts: Sequence[str], cache: EmbeddingCache, *, head: int, tail: int,
                      batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
     """Embeddings of ``texts``, encoding only those not already in ``cache`` (and storing them)."""
-    keys = [EmbeddingCache.key(embedder.model_ref, t, head=head, tail=tail, max_length=max_length)
-            for t in texts]
-    found = cache.get_many(keys)
-    todo: dict[bytes, str] = {}
-    for k, t, hit in zip(keys, texts, found, strict=True):
-        if hit is None:
-            todo.setdefault(k, t)
-    if todo:
-        fresh = embedder.encode(list(todo.values()), head=head, tail=tail, batch_size=batch_size,
-                                max_length=max_length)
-        cache.put_many(list(todo), fresh)
-        found = cache.get_many(keys)
-    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
-    for i, row in enumerate(found):
-        assert row is not None
-        out[i] = row
-    return out
+    return encode_cached(embedder, texts, cache, head=head, tail=tail, batch_size=batch_size, max_length=max_length)
