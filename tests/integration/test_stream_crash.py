@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from streams.embedded import EmbeddedRedis
 from tests.integration.conftest import STREAM_FILTERS, collect, produce_lines, synthetic_articles
@@ -21,7 +22,8 @@ def _expected(lines: list[bytes]) -> set[tuple[str, str]]:
 
 
 def test_kill_9_mid_stream_then_restart(stream_env, workers, tmp_path: Path) -> None:
-    env = stream_env.env()
+    # With the embedding cache on, the restarted worker reads redelivered articles' embeddings from Redis.
+    env = stream_env.env(FLUXSCORE_EMBEDDING_CACHE_TTL="600")
     first = workers(env)
     lines = synthetic_articles(N, seed=21)
     expected = _expected(lines)
@@ -36,12 +38,15 @@ def test_kill_9_mid_stream_then_restart(stream_env, workers, tmp_path: Path) -> 
     assert got.dead == []
     assert got.pairs == expected, f"{len(expected - got.pairs)} pairs lost"
     assert got.different_values() == {}, "a key carries two different records"
+    cached = redis.Redis.from_url(stream_env.redis).scan_iter(match=f"fluxscore-{stream_env.name}:emb:*", count=1000)
+    assert next(cached, None) is not None, "the probe agent stored its embeddings in Redis"
 
 
 def test_redis_restart_mid_stream(stream_env, workers, redis_server, tmp_path: Path) -> None:
     if not isinstance(redis_server, EmbeddedRedis):
         pytest.skip("needs the test session's own redis-server to restart it")
-    workers(stream_env.env())
+    # The embedding cache is on too: while Redis is down it must only cost encodings, never block or drop.
+    workers(stream_env.env(FLUXSCORE_EMBEDDING_CACHE_TTL="600"))
     lines = synthetic_articles(N, seed=22)
     expected = _expected(lines)
     produce_lines(stream_env, lines, tmp_path / "articles.jsonl")
