@@ -4,12 +4,20 @@ Parsing is strict about what would make scoring wrong (no id, wrong types, overs
 that are not UTF-8) and lenient about what producers legitimately vary: ``text`` is accepted for
 ``content``, unknown fields are kept and passed through, lone UTF-16 surrogates (which some scrapers
 emit as ``\\ud800`` escapes) are replaced rather than failing the record.
+
+Its shape is bounded before anything walks it (:class:`Limits`): nesting depth, the number of values,
+the size of ``metadata``/``tags`` and of the whole record. A record nested a few hundred levels deep
+would otherwise pass here and then break every later step that recurses (text cleaning, the JSON
+encoder when the record is forwarded), so it is one bad record, refused here with its reason, instead
+of a worker that dies on it again after every restart.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +26,31 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from scoring.exceptions import ArticleValidationError
 
-DEFAULT_MAX_CONTENT_BYTES = 1_000_000
+DEFAULT_MAX_CONTENT_BYTES = 800_000
+# The whole record as published (JSON bytes). Below the 1 MiB default of Kafka's message.max.bytes with
+# room for what each hop adds (prefilter results, commerce evidence, headers): see streams.settings,
+# which refuses a worker whose topics could not carry an accepted record.
+DEFAULT_MAX_RECORD_BYTES = 900_000
+DEFAULT_MAX_DEPTH = 32
+DEFAULT_MAX_VALUES = 20_000
+DEFAULT_MAX_METADATA_BYTES = 64_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on one record, enforced before any other step touches it."""
+
+    max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    # Containers inside containers, counting the record itself as 1.
+    max_depth: int = DEFAULT_MAX_DEPTH
+    # Every scalar and container in the record: bounds the work of walking it.
+    max_values: int = DEFAULT_MAX_VALUES
+    # ``metadata`` and ``tags`` together, as compact JSON.
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+
+
+DEFAULT_LIMITS = Limits()
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -40,6 +72,31 @@ def _clean_tree(value: Any) -> Any:
     if isinstance(value, dict):
         return {clean_surrogates(str(k)): _clean_tree(v) for k, v in value.items()}
     return value
+
+
+def _is_blank(value: str) -> bool:
+    """Only whitespace, separators, control or format (zero-width, BiDi) characters."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Zs", "Zl", "Zp", "Cc", "Cf") for ch in value)
+
+
+def _check_shape(record: Any, limits: Limits) -> None:
+    """Depth and value count, iteratively: a recursive walk is what a hostile record would break."""
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    values = 0
+    while stack:
+        value, depth = stack.pop()
+        values += 1
+        if values > limits.max_values:
+            raise ValueError(f"record holds more than {limits.max_values} values")
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limits.max_depth:
+            raise ValueError(f"record is nested deeper than {limits.max_depth} levels")
+        stack.extend((child, depth + 1) for child in children)
 
 
 class Article(BaseModel):
@@ -65,8 +122,10 @@ class Article(BaseModel):
         # Integers as ids are a producer bug that would silently collide with string ids downstream.
         if not isinstance(value, str):
             raise ValueError(f"must be a string, got {type(value).__name__}")
-        if not value.strip():
-            raise ValueError("must not be blank")
+        if _is_blank(value):
+            # Zero-width and BiDi characters are invisible: an id made of them looks empty to people
+            # and collides with other "empty" ids after any normalisation downstream.
+            raise ValueError("must not be blank (only whitespace or invisible characters)")
         return value
 
     @field_validator("title", "content", mode="before")
@@ -100,8 +159,11 @@ class Article(BaseModel):
         return orjson.dumps(self.to_dict())
 
 
-def _decode(raw: bytes | str) -> Any:
+def _decode(raw: bytes | str, limits: Limits) -> Any:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if len(data) > limits.max_record_bytes:
+        raise ArticleValidationError(f"record is {len(data)} bytes, above the limit of {limits.max_record_bytes} "
+                                     "bytes")
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -116,17 +178,40 @@ def _decode(raw: bytes | str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc2:
             raise ArticleValidationError(f"record is not valid JSON: {exc2}") from None
+        except RecursionError:
+            # orjson stops at its own depth limit; the stdlib parser recurses until Python's.
+            raise ArticleValidationError(f"record is nested deeper than {limits.max_depth} levels") from None
 
 
-def validate_article(record: dict[str, Any], *, max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES) -> Article:
+def _metadata_bytes(record: dict[str, Any]) -> int:
+    return sum(len(orjson.dumps(record[k])) for k in ("metadata", "tags") if record.get(k) is not None)
+
+
+def validate_article(record: dict[str, Any], *, max_content_bytes: int | None = None,
+                     limits: Limits = DEFAULT_LIMITS) -> Article:
     """Validate an already-decoded record; raises :class:`ArticleValidationError` naming id and field."""
     if not isinstance(record, dict):
         raise ArticleValidationError(f"record must be a JSON object, got {type(record).__name__}")
-    record = _clean_tree(record)
     raw_id = record.get("id")
-    article_id = raw_id if isinstance(raw_id, str) and raw_id.strip() else None
+    article_id = raw_id if isinstance(raw_id, str) and not _is_blank(raw_id) else None
     try:
-        return Article.model_validate(record, context={"max_content_bytes": max_content_bytes})
+        _check_shape(record, limits)
+    except ValueError as exc:
+        raise ArticleValidationError(str(exc), article_id=clean_surrogates(article_id) if article_id else None) \
+            from None
+    record = _clean_tree(record)
+    article_id = record.get("id") if article_id else None
+    try:
+        size = _metadata_bytes(record)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise ArticleValidationError(f"metadata/tags cannot be encoded: {exc}", article_id=article_id,
+                                     field="metadata") from None
+    if size > limits.max_metadata_bytes:
+        raise ArticleValidationError(f"metadata and tags are {size} bytes, above the limit of "
+                                     f"{limits.max_metadata_bytes} bytes", article_id=article_id, field="metadata")
+    max_content = limits.max_content_bytes if max_content_bytes is None else max_content_bytes
+    try:
+        return Article.model_validate(record, context={"max_content_bytes": max_content})
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or None
@@ -136,8 +221,20 @@ def validate_article(record: dict[str, Any], *, max_content_bytes: int = DEFAULT
                                      field=loc) from None
 
 
-def parse_article(raw: bytes | str | dict[str, Any], *,
-                  max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES) -> Article:
-    """Parse one wire record (JSON bytes/str, or a dict) into an :class:`Article`."""
-    record = raw if isinstance(raw, dict) else _decode(raw)
-    return validate_article(record, max_content_bytes=max_content_bytes)
+def parse_article(raw: bytes | str | dict[str, Any], *, max_content_bytes: int | None = None,
+                  limits: Limits = DEFAULT_LIMITS) -> Article:
+    """Parse one wire record (JSON bytes/str, or a dict) into an :class:`Article`.
+
+    Every way a record can be bad ends in :class:`ArticleValidationError` with the reason:
+
+    >>> parse_article(b'{"id": "a", "metadata": ' + b'{"k": ' * 40 + b'1' + b'}' * 40 + b'}')
+    Traceback (most recent call last):
+    ...
+    scoring.exceptions.ArticleValidationError: record is nested deeper than 32 levels [article_id=a]
+    >>> parse_article(b'{"id": "\\u200b "}')  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scoring.exceptions.ArticleValidationError: invalid field 'id': must not be blank ... [field=id]
+    """
+    record = raw if isinstance(raw, dict) else _decode(raw, limits)
+    return validate_article(record, max_content_bytes=max_content_bytes, limits=limits)

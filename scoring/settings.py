@@ -6,12 +6,17 @@ process running the filters (where to find packages, which device, how large a b
 | variable | default | meaning |
 |---|---|---|
 | ``FLUXSCORE_FILTERS_PATH`` | (bundled ``filters/``) | extra package roots, ``os.pathsep``-separated, searched first |
-| ``FLUXSCORE_MAX_CONTENT_BYTES`` | ``1000000`` | articles whose content is larger (UTF-8 bytes) are rejected |
+| ``FLUXSCORE_MAX_CONTENT_BYTES`` | ``800000`` | articles whose content is larger (UTF-8 bytes) are rejected |
+| ``FLUXSCORE_MAX_RECORD_BYTES`` | ``900000`` | larger records (JSON bytes) are rejected; <= message limit - 64 KiB |
+| ``FLUXSCORE_MAX_DEPTH`` | ``32`` | records nested deeper (objects/arrays) are rejected |
+| ``FLUXSCORE_MAX_METADATA_BYTES`` | ``64000`` | records whose ``metadata`` + ``tags`` (JSON) are larger are rejected |
 | ``FLUXSCORE_DEVICE`` | ``auto`` | ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` |
 | ``FLUXSCORE_STAGE1_BATCH`` | ``64`` | articles per embedding/probe forward pass |
 | ``FLUXSCORE_STAGE2_BATCH`` | ``16`` | sequences per student forward pass |
 | ``FLUXSCORE_TORCH_THREADS`` | (torch default) | intra-op threads for CPU inference |
 | ``FLUXSCORE_COMMERCE_PACKAGE`` | (bundled ``filters/commerce/v1``) | commerce detector package directory |
+| ``FLUXSCORE_ALLOW_UNVERIFIED_MODELS`` | (unset) | ``1``/``true``: development only — serve packages whose files \
+do not match (or lack) the sha256 hashes recorded at export, with a logged warning naming each package |
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scoring.article import (
+    DEFAULT_MAX_CONTENT_BYTES,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_METADATA_BYTES,
+    DEFAULT_MAX_RECORD_BYTES,
+    Limits,
+)
 from scoring.exceptions import FluxscoreError
 
 
@@ -40,6 +52,15 @@ def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 1) -> i
     return value
 
 
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise SettingsError(f"{name} must be 1, true, 0 or false, got {env[name]!r}")
+
+
 def _paths(raw: str | None) -> tuple[Path, ...]:
     if not raw:
         return ()
@@ -49,12 +70,17 @@ def _paths(raw: str | None) -> tuple[Path, ...]:
 @dataclass(frozen=True, slots=True)
 class ScoringSettings:
     filters_path: tuple[Path, ...] = ()
-    max_content_bytes: int = 1_000_000
+    max_content_bytes: int = DEFAULT_MAX_CONTENT_BYTES
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
     device: str = "auto"
     stage1_batch: int = 64
     stage2_batch: int = 16
     torch_threads: int | None = None
     commerce_package: Path | None = None
+    # Development override: a refused package is a deliberate stop, so only an explicit opt-in skips it.
+    allow_unverified_models: bool = False
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -64,13 +90,23 @@ class ScoringSettings:
         commerce = env.get("FLUXSCORE_COMMERCE_PACKAGE")
         return cls(
             filters_path=_paths(env.get("FLUXSCORE_FILTERS_PATH")),
-            max_content_bytes=_int(env, "FLUXSCORE_MAX_CONTENT_BYTES", 1_000_000),
+            max_content_bytes=_int(env, "FLUXSCORE_MAX_CONTENT_BYTES", DEFAULT_MAX_CONTENT_BYTES),
+            max_record_bytes=_int(env, "FLUXSCORE_MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES, minimum=1024),
+            max_depth=_int(env, "FLUXSCORE_MAX_DEPTH", DEFAULT_MAX_DEPTH, minimum=2),
+            max_metadata_bytes=_int(env, "FLUXSCORE_MAX_METADATA_BYTES", DEFAULT_MAX_METADATA_BYTES),
             device=env.get("FLUXSCORE_DEVICE", "auto") or "auto",
             stage1_batch=_int(env, "FLUXSCORE_STAGE1_BATCH", 64),
             stage2_batch=_int(env, "FLUXSCORE_STAGE2_BATCH", 16),
             torch_threads=_int(env, "FLUXSCORE_TORCH_THREADS", 0, minimum=0) or None if threads else None,
             commerce_package=Path(commerce).expanduser() if commerce else None,
+            allow_unverified_models=_flag(env, "FLUXSCORE_ALLOW_UNVERIFIED_MODELS"),
         )
+
+    @property
+    def limits(self) -> Limits:
+        """The bounds :func:`scoring.article.parse_article` enforces on every record."""
+        return Limits(max_content_bytes=self.max_content_bytes, max_record_bytes=self.max_record_bytes,
+                      max_depth=self.max_depth, max_metadata_bytes=self.max_metadata_bytes)
 
 
 def resolve_device(spec: str) -> str:
