@@ -23,6 +23,7 @@ from scoring.package import FilterPackage, load_package, resolve_many
 from scoring.pipeline import Pipeline
 from scoring.settings import ScoringSettings
 from scoring.text import article_text
+from training.export import write_manifest
 
 SAMPLE = Path(__file__).resolve().parent.parent / "scoring" / "data" / "sample_articles.jsonl"
 FILTERS = "demo,demo_tech"
@@ -48,6 +49,8 @@ def _package_with(package: FilterPackage, out_root: Path, **stage1: Any) -> Filt
     raw = yaml.safe_load((target / "filter.yaml").read_text())
     raw["stage1"].update(stage1)
     (target / "filter.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    # The edited copy is a package of its own: its manifest must describe it, or it is refused as tampered.
+    write_manifest(target)
     return load_package(target)
 
 

@@ -30,7 +30,7 @@ from safetensors.numpy import load_file
 
 from scoring.article import Article
 from scoring.exceptions import ModelLoadError, PackageError, PackageNotFoundError, ScoringError
-from scoring.package import BUNDLED_ROOT, hash_paths
+from scoring.package import BUNDLED_ROOT, check_paths, hash_paths, read_manifest, verify_package_files
 from scoring.prefilter import KeywordSet, compile_regex, normalize_keyword
 from scoring.records import CommerceResult
 
@@ -228,11 +228,19 @@ def load_config(path: Path) -> CommerceConfig:
     if not isinstance(raw, dict):
         raise PackageError(f"{config_file} must hold a mapping", filter="commerce", path=str(config_file))
     try:
-        return CommerceConfig.model_validate(raw)
+        config = CommerceConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
         raise PackageError(f"{config_file} is invalid: {problems}", filter="commerce",
                            path=str(config_file)) from None
+    # The same rule as filter packages: the classifier files it names must lie inside the package.
+    check_paths(config_file.parent, package_files(config), ref=f"commerce@{config.version}")
+    return config
+
+
+def package_files(config: CommerceConfig) -> dict[str, str]:
+    """Field -> relative path of every file the commerce package hash (and its export manifest) covers."""
+    return {CONFIG_NAME: CONFIG_NAME, "classifier": config.classifier, "classifier_meta": config.classifier_meta}
 
 
 class CommerceDetector:
@@ -244,7 +252,7 @@ class CommerceDetector:
         self.config = config
         self.path = path
         self.embedding_model = config.embedding_model
-        self.package_hash = hash_paths(path, [CONFIG_NAME, config.classifier, config.classifier_meta])[:16]
+        self.package_hash = hash_paths(path, list(package_files(config).values()))[:16]
         try:
             self._groups = [_CompiledGroup(g, config.defines) for g in config.groups]
             self._keywords = _Keywords(config.groups)
@@ -257,14 +265,26 @@ class CommerceDetector:
         self.mode: Literal["classifier", "rules_only"] = "classifier" if coef is not None else "rules_only"
 
     @classmethod
-    def load(cls, path: Path | None = None) -> CommerceDetector:
-        """Load ``commerce.yaml`` and, when present, the classifier from ``path`` (default: bundled)."""
+    def load(cls, path: Path | None = None, *, verify: bool = False,
+             allow_unverified: bool = False) -> CommerceDetector:
+        """Load ``commerce.yaml`` and, when present, the classifier from ``path`` (default: bundled).
+
+        ``verify`` (what serving, :meth:`scoring.pipeline.Pipeline.load`, asks for) first checks the files
+        against the sha256 hashes of the package's ``export.json``; ``allow_unverified`` is the development
+        override that skips that check with a warning. A package with no classifier and no manifest runs
+        rules-only unverified: there is no model file to vouch for.
+        """
         path = Path(path if path is not None else DEFAULT_PATH).resolve()
         if path.is_file():
             path = path.parent
         config = load_config(path)
         weights_file, meta_file = path / config.classifier, path / config.classifier_meta
         missing = [f.name for f in (weights_file, meta_file) if not f.is_file()]
+        ref = f"commerce@{config.version}"
+        if verify and (not missing or read_manifest(path, ref=ref) is not None):
+            verify_package_files(path, list(package_files(config).values()), ref=ref,
+                                 allow_unverified=allow_unverified,
+                                 export_hint="training.export.write_commerce_manifest (`fluxscore train demo` runs it)")
         if missing:
             log.warning("commerce detector at %s runs rules-only: missing %s", path, ", ".join(missing))
             return cls(config, path, missing=missing)

@@ -61,6 +61,29 @@ class ModelFilesMissingError(PackageError):
         self.missing = missing
 
 
+class PackagePathError(PackageError):
+    """A path a package names (or a file or link under a directory it names) leads outside the package."""
+
+    def __init__(self, message: str, *, field: str | None = None, filter: str | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(message, filter=filter, path=path)
+        self.with_context(field=field)
+        self.field = field
+
+
+class PackageIntegrityError(PackageError):
+    """A package's files differ from the sha256 hashes recorded when it was exported; ``files`` names them."""
+
+    def __init__(self, message: str, *, files: list[str] | None = None, filter: str | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(message, filter=filter, path=path)
+        self.files = list(files or [])
+
+
+class UnverifiedPackageError(PackageIntegrityError):
+    """A package holds model files but no export manifest of their hashes, so nothing vouches for them."""
+
+
 class ModelLoadError(FluxscoreError):
     """A model (embedding, probe, base, adapter) exists but could not be loaded."""
 

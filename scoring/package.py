@@ -4,26 +4,49 @@ A package is a directory ``filters/<name>/<version>/`` holding ``filter.yaml`` a
 Everything a filter does at run time — weights, gatekeepers, tiers, prefilter rules, token budgets,
 escalation threshold, model locations — comes from that file. The package hash covers the config and
 every file it names, so any change to behaviour changes the hash carried by every output record.
+
+Two guards apply before serving opens any model file. Every path a package names must stay inside the
+package directory (symlinks included), checked at load. And :meth:`FilterPackage.verify` compares
+every file with the sha256 recorded at export (``export.json``, written by :mod:`training.export`):
+a changed weight would otherwise only show as a different package hash in the records.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from scoring.exceptions import ModelFilesMissingError, PackageError, PackageNotFoundError
+from scoring.exceptions import (
+    ModelFilesMissingError,
+    PackageError,
+    PackageIntegrityError,
+    PackageNotFoundError,
+    PackagePathError,
+    UnverifiedPackageError,
+)
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "filter.yaml"
 BUNDLED_ROOT = Path(__file__).resolve().parent.parent / "filters"
+# Written by export beside the files it describes; outside the package hash, which it records.
+MANIFEST_NAME = "export.json"
+MANIFEST_HASHES = "file_sha256"
+ALLOW_UNVERIFIED_ENV = "FLUXSCORE_ALLOW_UNVERIFIED_MODELS"
+# named_files() role -> the filter.yaml field it comes from, for errors that point at the line to fix.
+FIELDS = {"oracle_prompt": "oracle_prompt", "probe": "stage1.probe", "probe_meta": "stage1.probe_meta",
+          "adapter": "stage2.adapter", "calibration": "calibration", "normalization": "normalization"}
 
 Score = Annotated[float, Field(ge=0.0, le=10.0)]
 
@@ -198,23 +221,173 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _walk(path: Path) -> Iterator[Path]:
-    if path.is_dir():
-        yield from sorted(p for p in path.rglob("*") if p.is_file())
-    elif path.is_file():
-        yield path
+def confine(root: Path, rel: str, *, field: str, ref: str) -> Path:
+    """``root / rel``, refused with :class:`PackagePathError` unless it resolves (symlinks followed)
+    to somewhere inside ``root``: a package must not read, hash or serve files it does not contain."""
+    base = root.resolve()
+    where = f"{field} of {ref}"
+    if Path(rel).is_absolute():
+        raise PackagePathError(f"{where} is an absolute path ({rel!r}); paths in a package are relative to "
+                               f"its directory {base}", field=field, filter=ref, path=str(base))
+    try:
+        target = (base / rel).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise PackagePathError(f"{where} ({rel!r}) cannot be resolved: {exc}", field=field, filter=ref,
+                               path=str(base)) from None
+    if target == base:
+        raise PackagePathError(f"{where} ({rel!r}) names the package directory itself, not a file in it",
+                               field=field, filter=ref, path=str(base))
+    if not target.is_relative_to(base):
+        raise PackagePathError(f"{where} ({rel!r}) resolves to {target}, outside the package directory {base}",
+                               field=field, filter=ref, path=str(base))
+    return root / rel
+
+
+def _walk(root: Path, rel: str, *, field: str | None = None, ref: str | None = None) -> Iterator[Path]:
+    """The files of ``root / rel``, a directory expanded (sorted). Links are followed only when they stay
+    inside the package; any link under a named directory that leaves it is refused, followed or not."""
+    field, ref = field or rel, ref or str(root)
+    start = confine(root, rel, field=field, ref=ref)
+    if start.is_dir():
+        base = root.resolve()
+        found: list[Path] = []
+        # Symlinked directories are neither descended into (as rglob did) nor allowed to point outside.
+        for dirpath, dirnames, filenames in os.walk(start):
+            here = Path(dirpath)
+            for name in (*dirnames, *filenames):
+                entry = here / name
+                if entry.is_symlink():
+                    inner = entry.relative_to(root).as_posix()
+                    try:
+                        target = entry.resolve()
+                    except (OSError, RuntimeError) as exc:
+                        raise PackagePathError(f"{inner} under {field} of {ref} cannot be resolved: {exc}",
+                                               field=field, filter=ref, path=str(base)) from None
+                    if not target.is_relative_to(base):
+                        raise PackagePathError(f"{inner} under {field} of {ref} links to {target}, outside the "
+                                               f"package directory {base}", field=field, filter=ref,
+                                               path=str(base))
+            found += [here / name for name in filenames if (here / name).is_file()]
+        yield from sorted(found)  # Path order (part by part), as the package hash has always used
+    elif start.is_file():
+        yield start
+
+
+def check_paths(root: Path, fields: Mapping[str, str], *, ref: str) -> None:
+    """Refuse a package any of whose ``field -> relative path`` entries (or anything under a named
+    directory) leads outside ``root``; missing paths are fine here (they are reported elsewhere)."""
+    for field, rel in fields.items():
+        list(_walk(root, rel, field=field, ref=ref))
+
+
+Hashed = dict[str, list[tuple[str, str]]]  # named relative path -> [(file relative path, sha256 hex)]
+
+
+def hash_files(root: Path, rel_paths: Iterable[str]) -> Hashed:
+    """sha256 of every file under each relative path (directories expanded); absent paths map to []."""
+    return {rel: [(file.relative_to(root).as_posix(), _sha256_file(file)) for file in _walk(root, rel)]
+            for rel in sorted(set(rel_paths))}
+
+
+def _digest(entries: Iterable[tuple[str, str]]) -> str:
+    digest = hashlib.sha256()
+    for rel, sha in entries:
+        digest.update(rel.encode())
+        digest.update(b"\0")
+        digest.update(sha.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def hash_paths(root: Path, rel_paths: list[str]) -> str:
     """Content hash over files (directories expanded), independent of absolute location."""
-    digest = hashlib.sha256()
-    for rel in sorted(set(rel_paths)):
-        for file in _walk(root / rel):
-            digest.update(file.relative_to(root).as_posix().encode())
-            digest.update(b"\0")
-            digest.update(_sha256_file(file).encode())
-            digest.update(b"\n")
-    return digest.hexdigest()
+    return _digest(e for entries in hash_files(root, rel_paths).values() for e in entries)
+
+
+def file_sha256(hashed: Hashed) -> dict[str, str]:
+    """File relative path -> sha256, the ``file_sha256`` mapping export records."""
+    return dict(sorted(e for entries in hashed.values() for e in entries))
+
+
+def read_manifest(root: Path, *, ref: str) -> dict[str, str] | None:
+    """The ``file_sha256`` mapping recorded at export, or None when the package has none (never
+    exported, or exported before export recorded per-file hashes)."""
+    manifest = confine(root, MANIFEST_NAME, field=MANIFEST_NAME, ref=ref)
+    if not manifest.is_file():
+        return None
+    try:
+        body = json.loads(manifest.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise PackageIntegrityError(f"{ref}: {MANIFEST_NAME} cannot be read: {exc}", files=[MANIFEST_NAME],
+                                    filter=ref, path=str(root)) from None
+    hashes = body.get(MANIFEST_HASHES) if isinstance(body, dict) else None
+    if hashes is None:
+        return None
+    if not isinstance(hashes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
+        raise PackageIntegrityError(f"{ref}: {MANIFEST_NAME} {MANIFEST_HASHES} must map file paths to sha256 "
+                                    "hex strings", files=[MANIFEST_NAME], filter=ref, path=str(root))
+    return hashes
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """How a package's files compare with the hashes recorded at export."""
+
+    status: Literal["ok", "tampered", "unverified"]
+    files: tuple[str, ...] = ()  # changed, missing or unrecorded files (status "tampered")
+    problems: tuple[str, ...] = ()  # one sentence per file, with both hashes
+
+    @property
+    def label(self) -> str:
+        """``ok``, ``TAMPERED: <files>`` or ``unverified``: what ``fluxscore filters list`` shows."""
+        return f"TAMPERED: {', '.join(self.files)}" if self.status == "tampered" else self.status
+
+
+def check_integrity(root: Path, actual: Mapping[str, str], *, ref: str) -> Integrity:
+    """Compare ``actual`` (file -> sha256, as :func:`file_sha256` gives) with the package's manifest."""
+    recorded = read_manifest(root, ref=ref)
+    if recorded is None:
+        return Integrity("unverified")
+    files: list[str] = []
+    problems: list[str] = []
+    for rel in sorted(set(recorded) | set(actual)):
+        expected, got = recorded.get(rel), actual.get(rel)
+        if expected == got:
+            continue
+        files.append(rel)
+        if got is None:
+            problems.append(f"{rel} is missing (export recorded sha256 {expected})")
+        elif expected is None:
+            problems.append(f"{rel} (sha256 {got}) is not among the files export recorded")
+        else:
+            problems.append(f"{rel} has sha256 {got}, export recorded {expected}")
+    return Integrity("tampered", tuple(files), tuple(problems)) if files else Integrity("ok")
+
+
+def verify_package_files(root: Path, rel_paths: Sequence[str], *, ref: str, allow_unverified: bool = False,
+                         export_hint: str = "`fluxscore train export`") -> Hashed | None:
+    """Refuse to serve a package whose files differ from its export manifest, or that has none.
+
+    Returns the hashes just verified (so callers can report exactly those), or None when
+    ``allow_unverified`` (the development override, ``FLUXSCORE_ALLOW_UNVERIFIED_MODELS``) skipped it.
+    """
+    if allow_unverified:
+        log.warning("%s is set: serving package %s at %s without checking its files against %s",
+                    ALLOW_UNVERIFIED_ENV, ref, root, MANIFEST_NAME)
+        return None
+    hashed = hash_files(root, rel_paths)
+    integrity = check_integrity(root, file_sha256(hashed), ref=ref)
+    if integrity.status == "unverified":
+        raise UnverifiedPackageError(
+            f"package {ref} at {root} was not exported with file hashes (no {MANIFEST_HASHES} in {MANIFEST_NAME}), "
+            f"so its model files cannot be verified; export it with {export_hint}, or set "
+            f"{ALLOW_UNVERIFIED_ENV}=1 to serve it unverified during development", filter=ref, path=str(root))
+    if integrity.status == "tampered":
+        raise PackageIntegrityError(
+            f"package {ref} at {root} does not match its export: {'; '.join(integrity.problems)}; refusing to "
+            f"serve it (if the change is intended, export it again with {export_hint}; during development "
+            f"{ALLOW_UNVERIFIED_ENV}=1 skips this check)", files=list(integrity.files), filter=ref, path=str(root))
+    return hashed
 
 
 @dataclass(frozen=True)
@@ -239,10 +412,19 @@ class FilterPackage:
     def file(self, rel: str) -> Path:
         return self.path / rel
 
+    @property
+    def hashed_paths(self) -> list[str]:
+        """filter.yaml and every path the config names: what the package hash and the manifest cover."""
+        return sorted({CONFIG_NAME, *self.config.named_files().values()})
+
+    @cached_property
+    def _hashed(self) -> Hashed:
+        return hash_files(self.path, self.hashed_paths)
+
     @cached_property
     def package_hash(self) -> str:
         """sha256 over filter.yaml and every file the config names (present ones)."""
-        return hash_paths(self.path, [CONFIG_NAME, *self.config.named_files().values()])[:16]
+        return _digest(e for entries in self._hashed.values() for e in entries)[:16]
 
     @cached_property
     def model_hashes(self) -> dict[str, str]:
@@ -251,11 +433,36 @@ class FilterPackage:
         for role in ("probe", "adapter", "calibration", "normalization"):
             rel = self.config.named_files().get(role)
             if rel and (self.path / rel).exists():
-                out[role] = hash_paths(self.path, [rel])[:16]
+                out[role] = _digest(self._hashed[rel])[:16]
         out["embedding_model"] = self.config.stage1.embedding_model
         if self.config.stage2 is not None:
             out["base_model"] = self.config.stage2.base_model
         return out
+
+    @property
+    def file_sha256(self) -> dict[str, str]:
+        """File relative path -> sha256 of every file the package hash covers (what export records)."""
+        return file_sha256(self._hashed)
+
+    def integrity(self) -> Integrity:
+        """The files as they are on disk now, against the hashes recorded at export."""
+        return check_integrity(self.path, file_sha256(hash_files(self.path, self.hashed_paths)), ref=self.ref)
+
+    def verify(self, *, allow_unverified: bool = False) -> None:
+        """Before serving: the model files are all there and are the ones export recorded.
+
+        Raises :class:`ModelFilesMissingError` (untrained), :class:`UnverifiedPackageError` (no manifest)
+        or :class:`PackageIntegrityError` (a file changed, vanished or was added), each naming the package
+        and the files; ``allow_unverified`` skips the hash check with a logged warning.
+        """
+        self.require_files()
+        hashed = verify_package_files(self.path, self.hashed_paths, ref=self.ref, allow_unverified=allow_unverified)
+        if hashed is not None:
+            # Records carry the package hash: make it the hash of exactly the bytes just verified, not
+            # of an earlier read that a later change on disk would have made stale.
+            for name in ("package_hash", "model_hashes"):
+                self.__dict__.pop(name, None)
+            self.__dict__["_hashed"] = hashed
 
     def missing_files(self) -> list[str]:
         return [rel for rel in self.config.named_files().values() if not (self.path / rel).exists()]
@@ -302,6 +509,8 @@ def load_package(path: Path) -> FilterPackage:
         # or name@version lookups would load something else than asked for.
         raise PackageError(f"package directory {path.name!r} does not match version {config.version!r}",
                            filter=config.name, path=str(path))
+    fields = {CONFIG_NAME: CONFIG_NAME, **{FIELDS[role]: rel for role, rel in config.named_files().items()}}
+    check_paths(path, fields, ref=f"{config.name}@{config.version}")
     return FilterPackage(config=config, path=path)
 
 

@@ -163,6 +163,9 @@ class Pipeline:
     load_students: bool = True
     # Redelivered or re-published articles are not encoded twice (the stream workers' Redis).
     embedding_store: EmbeddingStore | None = None
+    # The development override (FLUXSCORE_ALLOW_UNVERIFIED_MODELS): serve packages whose files do not match
+    # their export manifest. Off, every package is verified before any of its model files is opened.
+    allow_unverified: bool = False
 
     @classmethod
     def load(cls, refs: str | Sequence[str] | Sequence[FilterPackage], *,
@@ -178,9 +181,11 @@ class Pipeline:
             packages = resolve_many(refs, roots)
         else:
             packages = [resolve_many(r, roots)[0] if isinstance(r, str) else r for r in refs]
-        detector = CommerceDetector.load(settings.commerce_package) if commerce else None
+        unverified = settings.allow_unverified_models
+        detector = (CommerceDetector.load(settings.commerce_package, verify=True, allow_unverified=unverified)
+                    if commerce else None)
         pipeline = cls(filters={}, commerce=detector, device=device, stage1_batch=settings.stage1_batch,
-                       stage2_batch=settings.stage2_batch, load_students=students)
+                       stage2_batch=settings.stage2_batch, load_students=students, allow_unverified=unverified)
         for package in packages:
             pipeline.add(package)
         return pipeline
@@ -189,6 +194,9 @@ class Pipeline:
 
     def add(self, package: FilterPackage) -> LoadedFilter:
         """Open a package and make it live, replacing an older version of the same filter."""
+        # Here rather than in the loaders: hot reload comes through here too, and training opens
+        # packages it is still building (no manifest yet) with the loaders directly.
+        package.verify(allow_unverified=self.allow_unverified)
         loaded = LoadedFilter.open(package, device=self.device)
         if package.has_stage2 and self.load_students:
             if self.students is None:

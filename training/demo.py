@@ -103,6 +103,7 @@ def fit_demo_commerce(records: list[dict[str, Any]], detector_dir: Path, work: W
     from scoring.embedding import load_embedder
     from scoring.text import article_text
     from training.commerce import fit_commerce
+    from training.export import write_commerce_manifest
     from training.probe import EmbeddingCache, embed_with_cache
 
     originals = [r for r in records if r["truth"]["near_duplicate_of"] is None]
@@ -114,4 +115,7 @@ def fit_demo_commerce(records: list[dict[str, Any]], detector_dir: Path, work: W
     embedder = load_embedder(config.embedding_model, device)
     emb = embed_with_cache(embedder, [config.text_prefix + article_text(a) for a in articles],
                            EmbeddingCache(work.cache_dir), head=config.head_tokens, tail=config.tail_tokens)
-    return fit_commerce(articles, labels, np.asarray(emb), detector_dir, seed=seed)
+    metrics = fit_commerce(articles, labels, np.asarray(emb), detector_dir, seed=seed)
+    # Serving verifies the detector's files against this manifest: write it for the classifier just fitted.
+    write_commerce_manifest(detector_dir)
+    return metrics

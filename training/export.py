@@ -5,6 +5,9 @@ present *and* readable as what it is (probe weights that match their metadata an
 dimensions, an adapter with its config and weights, a calibration file whose maps name known
 dimensions, a non-empty oracle prompt). The exported directory is ``<dest>/<name>/<version>/``, the
 layout the scorer resolves ``name@version`` in, and the package hash is printed and written beside it.
+
+``export.json`` (the manifest) also records the sha256 of every file the package hash covers
+(``file_sha256``); serving refuses a package whose files no longer match it, or that has none.
 """
 
 from __future__ import annotations
@@ -19,10 +22,20 @@ import yaml
 
 from scoring.calibration import Calibration
 from scoring.exceptions import FluxscoreError, PackageError
-from scoring.package import CONFIG_NAME, FilterConfig, FilterPackage, load_package
+from scoring.package import (
+    CONFIG_NAME,
+    MANIFEST_HASHES,
+    MANIFEST_NAME,
+    FilterConfig,
+    FilterPackage,
+    file_sha256,
+    hash_files,
+    hash_paths,
+    load_package,
+)
 from training.exceptions import TrainingError
 
-EXPORT_INFO = "export.json"
+EXPORT_INFO = MANIFEST_NAME
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
@@ -162,9 +175,34 @@ def export_package(source: Path, dest_root: Path | None = None, *, overwrite: bo
                     shutil.copy2(src, dst)
             package = load_package(target)
             require_complete(package)
-    info = {"name": package.name, "version": package.version, "package_hash": package.package_hash,
-            "model_hashes": package.model_hashes,
-            "files": sorted([CONFIG_NAME, *package.config.named_files().values()])}
+    info = write_manifest(package)
+    return Exported(package=package, package_hash=info["package_hash"], model_hashes=info["model_hashes"])
+
+
+def _write_info(root: Path, info: dict[str, Any]) -> dict[str, Any]:
     # Outside the hashed files on purpose: a record of what the hash covered, not part of it.
-    (package.path / EXPORT_INFO).write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
-    return Exported(package=package, package_hash=package.package_hash, model_hashes=package.model_hashes)
+    (root / EXPORT_INFO).write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
+    return info
+
+
+def write_manifest(package: FilterPackage | Path) -> dict[str, Any]:
+    """Write ``export.json`` for the package as it is on disk now (hashes, files, per-file sha256) and
+    return it. Export calls this; so can anything that has just built or edited a package on purpose."""
+    # A fresh load: hashes cached by an earlier read would describe files that may have changed since.
+    package = load_package(package.path if isinstance(package, FilterPackage) else Path(package))
+    return _write_info(package.path, {
+        "name": package.name, "version": package.version, "package_hash": package.package_hash,
+        "model_hashes": package.model_hashes, "files": sorted([CONFIG_NAME, *package.config.named_files().values()]),
+        MANIFEST_HASHES: package.file_sha256})
+
+
+def write_commerce_manifest(detector_dir: Path) -> dict[str, Any]:
+    """``export.json`` for a commerce detector package (after its classifier was fitted)."""
+    from scoring.commerce import load_config, package_files
+
+    detector_dir = Path(detector_dir).resolve()
+    config = load_config(detector_dir)
+    files = sorted(package_files(config).values())
+    return _write_info(detector_dir, {
+        "name": "commerce", "version": config.version, "package_hash": hash_paths(detector_dir, files)[:16],
+        "files": files, MANIFEST_HASHES: file_sha256(hash_files(detector_dir, files))})

@@ -12,6 +12,7 @@ import yaml
 
 from scoring.package import load_package, resolve
 from tests.integration.conftest import STREAM_FILTERS, collect, produce_lines, synthetic_articles
+from training.export import write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,7 @@ def test_new_package_version_is_picked_up_without_restart(stream_env, workers, t
     config["version"] = "1.0.1"
     config["tiers"]["medium"] = float(config["tiers"]["medium"]) + 0.5
     (new_dir / "filter.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_manifest(new_dir)  # a new version, exported as such
     new = load_package(new_dir)
     reloaded = worker.wait_for_log("filter reloaded", timeout=60)
     assert (reloaded["filter"], reloaded["version"], reloaded["package_hash"]) == ("demo", "1.0.1", new.package_hash)

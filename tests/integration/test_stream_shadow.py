@@ -15,6 +15,7 @@ from scoring.aggregate import tier_of
 from scoring.package import load_package, resolve
 from streams.kafka import make_consumer
 from tests.integration.conftest import produce_lines, synthetic_articles
+from training.export import write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +44,7 @@ def test_shadow_version_is_compared_with_the_live_one(stream_env, workers, tmp_p
     config["version"] = "9.0.0"
     config["tiers"] = {"high": 1.0, "medium": 0.5}  # the candidate calls almost everything HIGH
     (candidate / "filter.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_manifest(candidate)  # a new version, exported as such
     live, shadow = load_package(root / "demo" / live_src.version), load_package(candidate)
 
     search = os.pathsep.join(p for p in (str(root), os.environ.get("FLUXSCORE_FILTERS_PATH", "")) if p)

@@ -15,6 +15,7 @@ from scoring.package import load_package
 from scoring.pipeline import EmbeddingKey, Escalation, Pipeline, Screened, embed
 from scoring.records import StageUsed
 from tests.conftest import student_package, toy_texts, train_tiny_student
+from training.export import write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +42,7 @@ def _edit(pkg: Path, **changes: object) -> None:
             node = node[part]
         node[last] = value
     (pkg / "filter.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_manifest(pkg)  # edited on purpose: record its files, or serving refuses it as tampered
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory, tiny_gemma: Path) -> Path
     raw_b = yaml.safe_load((pkg_b / "filter.yaml").read_text())
     del raw_b["stage2"]  # stage 1 only: no student trained yet
     (pkg_b / "filter.yaml").write_text(yaml.safe_dump(raw_b, sort_keys=False))
+    write_manifest(pkg_b)
     return root
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 import yaml
 
 from scoring.calibration import Calibration, IsotonicMap
+from scoring.exceptions import PackageIntegrityError, UnverifiedPackageError
 from scoring.package import FilterConfig, load_package
 from scoring.probe import Probe, ProbeNet
 from training.export import (
@@ -19,6 +22,8 @@ from training.export import (
     export_package,
     problems,
     scaffold_config,
+    write_commerce_manifest,
+    write_manifest,
     write_scaffold,
 )
 
@@ -97,3 +102,40 @@ def test_complete_package_exports_with_its_hash(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="already exists"):
         export_package(path, tmp_path / "dest")
     assert export_package(path, tmp_path / "dest", overwrite=True).package_hash == exported.package_hash
+
+
+def test_export_records_every_file_hash_and_the_export_verifies(tmp_path: Path) -> None:
+    path = _scaffold(tmp_path, student_base="some/base")
+    _train_files(path)
+    (path / "adapter" / "nested").mkdir(parents=True)
+    (path / "adapter" / "adapter_config.json").write_text("{}")
+    (path / "adapter" / "adapter_model.safetensors").write_bytes(b"lora weights")
+    (path / "adapter" / "nested" / "tokenizer.json").write_text("{}")
+    target = tmp_path / "dest" / "seece" / "1.0.0"
+    exported = export_package(path, tmp_path / "dest")
+    info = orjson.loads((target / EXPORT_INFO).read_bytes())
+    expected = {rel: hashlib.sha256((target / rel).read_bytes()).hexdigest() for rel in (
+        "filter.yaml", "prompt.md", "probe.safetensors", "probe.json", "calibration.json",
+        "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/nested/tokenizer.json")}
+    assert info["file_sha256"] == expected
+    assert info["package_hash"] == exported.package_hash == load_package(target).package_hash
+    package = load_package(target)
+    assert package.integrity().status == "ok"
+    package.verify()
+    (target / "probe.safetensors").write_bytes(b"retrained without export")
+    with pytest.raises(PackageIntegrityError, match=r"seece@1\.0\.0 .*probe\.safetensors has sha256"):
+        load_package(target).verify()
+    write_manifest(target)  # what export does: the package as it is now is the one vouched for
+    load_package(target).verify()
+
+
+def test_commerce_manifest_makes_the_detector_verifiable(tmp_path: Path) -> None:
+    from scoring.commerce import DEFAULT_PATH, CommerceDetector
+
+    detector_dir = tmp_path / "commerce"
+    shutil.copytree(DEFAULT_PATH, detector_dir, ignore=shutil.ignore_patterns(EXPORT_INFO))
+    with pytest.raises(UnverifiedPackageError):
+        CommerceDetector.load(detector_dir, verify=True)
+    info = write_commerce_manifest(detector_dir)
+    assert info["package_hash"] == CommerceDetector.load(detector_dir, verify=True).package_hash
+    assert set(info["file_sha256"]) == {"commerce.yaml", "classifier.safetensors", "classifier.json"}
