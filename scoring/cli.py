@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -17,11 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scoring.article import Article, parse_article
-from scoring.exceptions import ArticleValidationError, FluxscoreError
+from scoring.article import Article, Limits, parse_article
+from scoring.exceptions import FluxscoreError
+from scoring.isolate import isolate
 from scoring.package import available, load_package
 from scoring.records import ScoreRecord
 from scoring.settings import ScoringSettings
+
+if TYPE_CHECKING:
+    from scoring.pipeline import Pipeline
 
 console = Console(stderr=True)
 
@@ -58,9 +62,14 @@ class ScoreSummary:
         return table
 
 
-def _reject_line(line_no: int, raw: bytes, error: FluxscoreError) -> bytes:
-    body: dict[str, object] = {"line": line_no, "error": type(error).__name__, "message": str(error),
-                               **error.context}
+def _reject_line(line_no: int, raw: bytes, error: Exception) -> bytes:
+    # Any exception, not only validation errors: a line that breaks a later stage is rejected with
+    # its reason like a malformed one, so every line ends scored or rejected.
+    context = error.context if isinstance(error, FluxscoreError) else {}
+    message = str(error) or type(error).__name__
+    body: dict[str, object] = {"line": line_no, "error": type(error).__name__, "message": message,
+                               **{k: (v if isinstance(v, (str, int, float, bool)) else str(v))
+                                  for k, v in context.items()}}
     try:
         body["raw"] = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -68,8 +77,17 @@ def _reject_line(line_no: int, raw: bytes, error: FluxscoreError) -> bytes:
     return orjson.dumps(body) + b"\n"
 
 
+@dataclass(frozen=True)
+class Line:
+    """One input line that parsed into an article, kept so a later failure can reject it verbatim."""
+
+    number: int
+    raw: bytes
+    article: Article
+
+
 def read_articles(stream: IO[bytes], rejects: IO[bytes], summary: ScoreSummary, *,
-                  max_content_bytes: int) -> Iterator[Article]:
+                  limits: Limits) -> Iterator[Line]:
     """Articles from a JSONL stream; every bad line goes to ``rejects`` with its reason."""
     for line_no, raw in enumerate(stream, start=1):
         line = raw.rstrip(b"\r\n")
@@ -77,10 +95,38 @@ def read_articles(stream: IO[bytes], rejects: IO[bytes], summary: ScoreSummary, 
             continue
         summary.read += 1
         try:
-            yield parse_article(line, max_content_bytes=max_content_bytes)
-        except ArticleValidationError as exc:
+            article = parse_article(line, limits=limits)
+        except Exception as exc:
             summary.rejected += 1
             rejects.write(_reject_line(line_no, line, exc))
+            continue
+        yield Line(line_no, line, article)
+
+
+def score_lines(pipeline: Pipeline, lines: list[Line], out: IO[bytes], rejects: IO[bytes],
+                summary: ScoreSummary) -> None:
+    """Score one batch of lines: each line's records are written, or the line is rejected with its reason."""
+    outputs, failed = isolate(pipeline.score, [line.article for line in lines])
+    errors: dict[str, Exception] = {lines[i].article.id: exc for i, exc in failed}
+    encoded: dict[str, list[tuple[ScoreRecord, bytes]]] = {}
+    for records in outputs:
+        for record in records:
+            if record.article_id in errors:
+                continue
+            try:
+                encoded.setdefault(record.article_id, []).append((record, record.to_json()))
+            except Exception as exc:
+                # All of an article's records or none: a half-scored article would look complete.
+                errors[record.article_id] = exc
+    for line in lines:
+        error = errors.get(line.article.id)
+        if error is not None:
+            summary.rejected += 1
+            rejects.write(_reject_line(line.number, line.raw, error))
+            continue
+        for record, payload in encoded.pop(line.article.id, []):
+            out.write(payload + b"\n")
+            summary.add(record)
 
 
 def score(
@@ -116,19 +162,17 @@ def score(
                 TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(), console=console, transient=False) as progress:
             task = progress.add_task("score", total=total, rate="")
-            batch: list[Article] = []
+            batch: list[Line] = []
 
             def flush() -> None:
-                for record in pipeline.score(batch):
-                    out.write(record.to_json() + b"\n")
-                    summary.add(record)
+                score_lines(pipeline, batch, out, rej, summary)
                 batch.clear()
                 elapsed = time.perf_counter() - start
                 progress.update(task, completed=source.tell() if total else summary.read,
                                 rate=f"{(summary.read - summary.rejected) / max(elapsed, 1e-9):.1f} art/s")
 
-            for article in read_articles(source, rej, summary, max_content_bytes=settings.max_content_bytes):
-                batch.append(article)
+            for line in read_articles(source, rej, summary, limits=settings.limits):
+                batch.append(line)
                 if len(batch) >= batch_size:
                     flush()
             if batch:
@@ -149,20 +193,34 @@ filters_app = typer.Typer(help="Installed filter packages.", no_args_is_help=Tru
 
 @filters_app.command("list")
 def list_filters() -> None:
-    """Every filter package found on the search path, with its hash and model-file status."""
+    """Every filter package found on the search path, with its hash, model-file and verification status
+    (``ok``: files match the hashes recorded at export; ``TAMPERED: <files>``; ``unverified``: no hashes)."""
+    from rich.markup import escape
+
     table = Table(title="filter packages")
-    for col in ("filter", "version", "package_hash", "stage 2", "models", "path"):
+    for col in ("filter", "version", "package_hash", "stage 2", "models", "verified", "path"):
         table.add_column(col)
     for name, dirs in sorted(available().items()):
         for pkg_dir in dirs:
             try:
                 pkg = load_package(pkg_dir)
-            except FluxscoreError as exc:
-                table.add_row(name, pkg_dir.name, "-", "-", f"[red]invalid: {exc}[/red]", str(pkg_dir))
+                package_hash = pkg.package_hash
+            except (FluxscoreError, OSError) as exc:  # an unreadable file: a row, not a traceback
+                # Messages carry "[field=…]" context, which rich would read as markup.
+                table.add_row(name, pkg_dir.name, "-", "-", f"[red]invalid: {escape(str(exc))}[/red]", "-",
+                              str(pkg_dir))
                 continue
             missing = pkg.missing_files()
             status = "[green]ready[/green]" if not missing else f"[yellow]missing {', '.join(missing)}[/yellow]"
-            table.add_row(pkg.name, pkg.version, pkg.package_hash, "yes" if pkg.has_stage2 else "no", status,
+            try:
+                integrity = pkg.integrity()
+                verified = {"ok": "[green]ok[/green]", "unverified": "[yellow]unverified[/yellow]"}.get(
+                    integrity.status, f"[red]{escape(integrity.label)}[/red]")
+                if missing and integrity.status == "unverified":
+                    verified = "-"  # untrained: nothing to verify yet
+            except (FluxscoreError, OSError) as exc:
+                verified = f"[red]{escape(str(exc))}[/red]"
+            table.add_row(pkg.name, pkg.version, package_hash, "yes" if pkg.has_stage2 else "no", status, verified,
                           str(pkg.path))
     Console().print(table)
 

@@ -1,0 +1,51 @@
+"""``fluxscore filters list``: every package with its verification status, and no traceback for bad ones."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from scoring.cli import register
+from scoring.package import BUNDLED_ROOT
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_list_reports_tampered_unverified_and_escaping_packages(tmp_path: Path) -> None:
+    root = tmp_path / "filters"
+    tampered = root / "demo" / "1.0.0"
+    shutil.copytree(BUNDLED_ROOT / "demo" / "1.0.0", tampered)
+    data = bytearray((tampered / "probe.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tampered / "probe.safetensors").write_bytes(bytes(data))
+    shutil.copytree(BUNDLED_ROOT / "demo_tech" / "1.0.0", root / "demo_tech" / "1.0.0",
+                    ignore=shutil.ignore_patterns("export.json"))
+    escaping = root / "escape" / "1.0.0"
+    shutil.copytree(BUNDLED_ROOT / "demo" / "1.0.0", escaping)
+    config = yaml.safe_load((escaping / "filter.yaml").read_text())
+    config |= {"name": "escape", "oracle_prompt": str(tmp_path / "prompt.md")}
+    (escaping / "filter.yaml").write_text(yaml.safe_dump(config))
+
+    result = CliRunner().invoke(_app(), ["filters", "list"],
+                                env={"FLUXSCORE_FILTERS_PATH": str(root), "COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 5}
+    assert "TAMPERED: probe.safetensors" in rows["demo"]
+    assert "unverified" in rows["demo_tech"]
+    assert "invalid" in rows["escape"] and "absolute path" in rows["escape"]
+    assert " - " in rows["uplifting"]  # untrained: nothing to verify
+    shutil.rmtree(tampered)
+    shutil.rmtree(root / "demo_tech")
+    result = CliRunner().invoke(_app(), ["filters", "list"], env={"FLUXSCORE_FILTERS_PATH": str(root),
+                                                                  "COLUMNS": "400"})
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 5}
+    assert "│ ok " in rows["demo"] and "│ ok " in rows["demo_tech"]  # the bundled ones
