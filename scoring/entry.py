@@ -41,6 +41,11 @@ _optional_parts()
 def main() -> None:
     logging.basicConfig(level=os.environ.get("FLUXSCORE_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Whatever the level: HTTP client loggers stay at WARNING (their DEBUG lines print headers and URLs
+    # that can carry an API key), and registered secrets are scrubbed from every line.
+    from scoring.redact import protect_logging
+
+    protect_logging()
     app()
 
 

@@ -1,4 +1,8 @@
-"""Structured logs: one JSON object per line, with the ``extra`` fields a call passes."""
+"""Structured logs: one JSON object per line, with the ``extra`` fields a call passes.
+
+Registered secrets are scrubbed from every line and the HTTP libraries never log below WARNING
+(:mod:`scoring.redact`): at DEBUG they print headers, which may carry a key.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from scoring.redact import protect_logging
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -29,7 +35,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 body[key] = value
-        if record.exc_info:
+        if record.exc_text:  # set by scoring.redact.SecretFilter: the scrubbed traceback
+            body["exc"] = record.exc_text
+        elif record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(body, default=str).decode()
 
@@ -51,7 +59,8 @@ def log_handler(fmt: str, **static: Any) -> logging.Handler:
 
 
 def configure(fmt: str, level: str, **static: Any) -> logging.Handler:
-    """Route the root logger (ours, Faust's, aiokafka's) through one structured handler on stderr."""
+    """Route the root logger (ours, Faust's, aiokafka's) through one structured handler on stderr,
+    which scrubs registered secrets; HTTP libraries stay at WARNING whatever ``level`` is."""
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
@@ -61,4 +70,5 @@ def configure(fmt: str, level: str, **static: Any) -> logging.Handler:
     # Library chatter at INFO (every fetch, every rebalance step) drowns the worker's own lines.
     for noisy in ("aiokafka", "faust", "mode", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    protect_logging([handler])
     return handler

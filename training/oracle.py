@@ -28,8 +28,11 @@ Process settings come from the environment (:meth:`OracleSettings.from_env`):
 | ``FLUXSCORE_ORACLE_MAX_WAIT`` | ``60`` | longest single wait, ``Retry-After`` included |
 
 The API key is read from the named variable when labelling starts; it is sent only in a header (Gemini's
-``x-goog-api-key`` rather than ``?key=``, because httpx logs request URLs) and is scrubbed from every
-error text, log line and output record.
+``x-goog-api-key`` rather than ``?key=``, because httpx logs request URLs). It and its URL-encoded and
+JSON-escaped forms are scrubbed (:mod:`scoring.redact`) from every string that leaves the process: each
+labelled and rejected record whole, every progress event, the errors raised, and every log line that
+passes a handler with :class:`~scoring.redact.SecretFilter` (labelling puts one on the root logger's
+handlers, and keeps the HTTP libraries' loggers, whose DEBUG lines print headers, at WARNING).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import orjson
 from scoring.article import Article, parse_article
 from scoring.exceptions import ArticleValidationError, FluxscoreError, PackageError
 from scoring.package import FilterPackage
+from scoring.redact import Redactor, protect_logging, register_secret
 from scoring.text import article_text
 from training.exceptions import TrainingError
 
@@ -609,6 +613,7 @@ class _Labeller:
         self.progress = progress
         self.summary = LabelSummary()
         self.limiter = RateLimiter(settings.rpm)
+        self.redactor = Redactor([key])
         self.api: _OpenAI | _Gemini = (_OpenAI if settings.provider == "openai" else _Gemini)(settings, key)
         prompt_file = package.file(package.config.oracle_prompt)
         try:
@@ -620,16 +625,19 @@ class _Labeller:
         self.dims = package.config.dimension_names
 
     def redact(self, text: str) -> str:
-        return text.replace(self.key, "***") if self.key else text
+        return self.redactor.text(text)
 
     def emit(self, kind: EventKind, article_id: str, attempt: int, detail: str) -> None:
         if self.progress is not None:
-            self.progress(LabelEvent(kind, article_id, attempt, self.redact(detail), replace(self.summary)))
+            self.progress(LabelEvent(kind, self.redact(article_id), attempt, self.redact(detail),
+                                     replace(self.summary)))
 
     def write(self, fh: IO[bytes], record: dict[str, Any]) -> None:
+        # The whole record is scrubbed, not chosen fields: the model's free text (reasoning,
+        # evidence), the raw answers of a reject and the article itself may all quote the key.
         # One write + flush per record, with no await in between: records never interleave, and a
         # crash loses at most the line being written (cut off on resume).
-        fh.write(orjson.dumps(record, default=str) + b"\n")
+        fh.write(orjson.dumps(self.redactor.value(record), default=str) + b"\n")
         fh.flush()
 
     def backoff(self, attempt: int) -> float:
@@ -748,6 +756,10 @@ async def label_articles(package: FilterPackage, articles: Iterable[Article], ou
     """
     started = time.monotonic()
     key = settings.api_key(env)
+    # Whatever logging the caller set up: the key is scrubbed from log lines, and httpx/httpcore,
+    # which print response headers (a redirect's Location may carry the key) at DEBUG, stay quiet.
+    register_secret(key)
+    protect_logging()
     out_path, rejects_path = Path(out_path), Path(rejects_path)
     for path in (out_path, rejects_path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -797,8 +809,22 @@ async def label_articles(package: FilterPackage, articles: Iterable[Article], ou
             finally:
                 labeller.summary.wall_seconds = time.monotonic() - started
             if fatal:
-                raise fatal[0]
+                raise _scrubbed(fatal[0], labeller.redactor)
             return labeller.summary
+
+
+def _scrubbed(exc: BaseException, redactor: Redactor) -> BaseException:
+    """``exc`` without the key: a FluxscoreError is scrubbed in place (message, args, context, every
+    attribute); any other exception whose text holds the key becomes an :class:`OracleError`, since
+    its attributes are unknown."""
+    if isinstance(exc, FluxscoreError):
+        for name, value in list(vars(exc).items()):
+            setattr(exc, name, redactor.value(value))
+        exc.args = tuple(redactor.value(list(exc.args)))
+        return exc
+    if redactor.contains(str(exc)) or redactor.contains(repr(exc.args)):
+        return OracleError(redactor.text(f"{type(exc).__name__}: {exc}"))
+    return exc
 
 
 def _guarded(articles: Iterable[Article], fatal: list[BaseException]) -> Iterator[Article]:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 MARKER = re.compile(r"case:(\S+) key:(\S+)")
 GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
@@ -123,6 +123,17 @@ class OracleServer:
             if "response_format" in body:
                 return Plan(status=400, raw_body={"error": {"message": "response_format is not supported"}})
             return Plan()
+        if case == "echo_key":
+            # A model that quotes the key it was called with (prompt injection, a chatty proxy),
+            # raw in the reasoning and URL-encoded in an evidence string.
+            answer = {"alpha": {"score": 7, "evidence": f"see https://x.test/?key={quote(self.api_key, safe='')}"},
+                      "beta": 3.5, "reasoning": f"the key is {self.api_key}"}
+            return Plan(text=json.dumps(answer))
+        if case == "redirect":
+            # A gateway that moved, sending the client on with the key in the new URL; httpcore's DEBUG
+            # trace prints the response headers, Location included.
+            location = f"{self.url}/moved?key={quote(self.api_key, safe='')}&raw={self.api_key}"
+            return Plan(status=302, headers={"Location": location})
         if case == "blocked" and api == "gemini":
             return Plan(raw_body={"promptFeedback": {"blockReason": "SAFETY"},
                                   "usageMetadata": {"promptTokenCount": USAGE_IN}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -17,12 +18,15 @@ import yaml
 from scoring.article import Article
 from scoring.exceptions import ArticleValidationError, FluxscoreError
 from scoring.package import FilterPackage, load_package
+from scoring.redact import HTTP_LOGGERS, secret_forms
+from streams import logs
 from tests.training.oracle_server import USAGE_IN, USAGE_OUT, USAGE_THINKING, OracleServer
 from training.exceptions import TrainingError
 from training.oracle import (
     LabelEvent,
     OracleAnswerError,
     OracleConfigError,
+    OracleError,
     OracleRequestError,
     OracleSettings,
     build_messages,
@@ -246,7 +250,8 @@ def test_labels_validates_retries_rejects_and_accounts(provider: str, server: Or
             assert seen.body["model"] == "toy-model" and seen.body["response_format"] == {"type": "json_object"}
         assert "Rate the article on alpha and beta" in seen.user_text
     assert KEY not in out.read_text() + rejects.read_text() + caplog.text
-    assert any("HTTP Request" in r.getMessage() for r in caplog.records)  # httpx did log its URLs
+    # Even at DEBUG the HTTP libraries say nothing below WARNING: their DEBUG lines print headers.
+    assert not [r for r in caplog.records if r.name.split(".")[0] in HTTP_LOGGERS and r.levelno < logging.WARNING]
 
 
 def test_timeout_then_success(server: OracleServer, package: FilterPackage, tmp_path: Path) -> None:
@@ -379,3 +384,91 @@ def test_label_file_reads_jsonl_and_reports_bad_line(server: OracleServer, packa
     assert info.value.context["line"] == 3
     assert [r["id"] for r in read_jsonl(tmp_path / "o.jsonl")] == ["f1"]  # in-flight work still landed
     assert time.monotonic() - start < 5
+
+
+# ------------------------------------------------------------------------------------------ secrets
+
+# Characters that URL-encoding changes, so that the encoded forms differ from the raw key.
+ODD_KEY = "sk-live/AbC+def=ghi&jkl%2Fmno"
+
+
+@pytest.fixture
+def odd_server() -> Iterator[OracleServer]:
+    srv = OracleServer(ODD_KEY).start()
+    yield srv
+    srv.stop()
+
+
+def _leaks(data: bytes, key: str) -> list[str]:
+    return sorted(form for form in secret_forms(key) if form.encode() in data)
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+def test_an_answer_quoting_the_key_is_scrubbed_from_every_output(provider: str, odd_server: OracleServer,
+                                                                package: FilterPackage, tmp_path: Path) -> None:
+    out, rejects = tmp_path / "o.jsonl", tmp_path / "r.jsonl"
+    articles = [art("echo_key", "e1"), art("malformed", "e2"),
+                Article(id="e3", title=f"leaked {ODD_KEY}", content="case:good key:e3 body", source="test",
+                        metadata={"note": {"deep": [f"k={ODD_KEY}"]}})]
+    events: list[LabelEvent] = []
+    summary = label_file(package, articles, out, rejects, settings(odd_server, provider), events.append,
+                         env={KEY_ENV: ODD_KEY})
+    assert (summary.labelled, summary.rejected) == (2, 1)
+    assert any(ODD_KEY in s.user_text for s in odd_server.seen)  # the key did reach the model's input
+    data = out.read_bytes() + rejects.read_bytes()
+    assert _leaks(data, ODD_KEY) == []
+    labelled = {r["id"]: r for r in read_jsonl(out)}
+    assert labelled["e1"]["oracle"]["reasoning"] == "the key is ***"
+    assert labelled["e1"]["oracle"]["scores"] == GOOD_SCORES
+    assert labelled["e3"]["title"] == "leaked ***" and labelled["e3"]["metadata"] == {"note": {"deep": ["k=***"]}}
+    assert not [e for e in events if ODD_KEY in e.detail + e.article_id]
+
+
+def test_an_unexpected_error_quoting_the_key_is_raised_without_it(server: OracleServer, package: FilterPackage,
+                                                                  tmp_path: Path) -> None:
+    def progress(event: LabelEvent) -> None:
+        raise RuntimeError(f"the progress display broke on {KEY}")
+
+    with pytest.raises(OracleError) as info:
+        label_file(package, [art("good", "x1")], tmp_path / "o.jsonl", tmp_path / "r.jsonl", settings(server),
+                   progress, env=ENV)
+    assert "RuntimeError" in str(info.value) and "***" in str(info.value)
+    assert KEY not in str(info.value) + repr(info.value.args)
+
+
+@pytest.fixture
+def fresh_logging() -> Iterator[io.StringIO]:
+    """Root logging as a new process has it (HTTP loggers never quietened), restored afterwards."""
+    root = logging.getLogger()
+    names = [*HTTP_LOGGERS, *(n for n in logging.root.manager.loggerDict if n.split(".")[0] in HTTP_LOGGERS)]
+    saved = (list(root.handlers), root.level, {n: logging.getLogger(n).level for n in names})
+    for name in names:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    yield io.StringIO()
+    handlers, level, levels = saved
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value)
+
+
+@pytest.mark.parametrize("setup", ["streams.logs.configure", "plain root handler"])
+def test_debug_logging_never_prints_the_key_even_from_a_redirect(setup: str, odd_server: OracleServer,
+                                                                 package: FilterPackage, tmp_path: Path,
+                                                                 fresh_logging: io.StringIO) -> None:
+    if setup == "streams.logs.configure":  # the stream worker's logging
+        logs.configure("json", "DEBUG").setStream(fresh_logging)
+    else:  # what `fluxscore` does (logging.basicConfig at FLUXSCORE_LOG_LEVEL)
+        root = logging.getLogger()
+        root.handlers[:] = [logging.StreamHandler(fresh_logging)]
+        root.setLevel(logging.DEBUG)
+    summary = label_file(package, [art("redirect", "rd1"), art("good", "rd2")], tmp_path / "o.jsonl",
+                         tmp_path / "r.jsonl", settings(odd_server), env={KEY_ENV: ODD_KEY})
+    assert (summary.labelled, summary.rejected) == (1, 1)
+    assert "HTTP 302" in read_jsonl(tmp_path / "r.jsonl")[0]["oracle_reject"]["reason"]
+    # The redirect was not followed: the key went to the configured URL only.
+    assert [s.path for s in odd_server.seen] == ["/v1/chat/completions"] * 2
+    logging.getLogger("training.oracle").debug("a line of our own with %s in it", ODD_KEY)
+    text = fresh_logging.getvalue()
+    assert _leaks(text.encode(), ODD_KEY) == []
+    assert "a line of our own with *** in it" in text  # DEBUG lines did reach the handler, scrubbed
