@@ -1,16 +1,36 @@
-"""Prometheus metrics of a stream worker, served on a loopback port unless configured otherwise."""
+"""Prometheus metrics of a stream worker, and its liveness and readiness, on one loopback port
+unless configured otherwise.
+
+The port is served from the first moment of the process, before models load and before Redis and
+Kafka answer, so that a container health check sees a live worker while it correctly waits:
+
+- ``/metrics`` (and any other path, as ``prometheus_client`` does): the metrics, ``fluxscore_ready``
+  among them (0 while loading or waiting, 1 once the agents run);
+- ``/healthz``: 200 as soon as the process serves (liveness);
+- ``/readyz``: 200 once the agents run, else 503 with the phase as the body (``loading models``,
+  ``waiting for redis``, ``waiting for kafka``).
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 log = logging.getLogger("fluxscore.streams.metrics")
+
+STARTING = "starting"
+LOADING_MODELS = "loading models"
+WAITING_FOR_REDIS = "waiting for redis"
+WAITING_FOR_KAFKA = "waiting for kafka"
+READY = "ready"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -64,8 +84,18 @@ class StreamMetrics:
         self.shadow_abs_diff = Histogram("fluxscore_stream_shadow_abs_diff",
                                          "|live - shadow| weighted average", ["filter"],
                                          buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0), registry=r)
+        self.ready = Gauge("fluxscore_ready", "1 once the worker's agents run; 0 while it loads models or waits "
+                           "for Redis or Kafka", registry=r)
+        self.phase = STARTING
+        self._server: WSGIServer | None = None
         self._probed_totals: dict[str, float] = {}
         self._escalated_totals: dict[str, float] = {}
+
+    def set_phase(self, phase: str) -> None:
+        """What the worker is doing now; ``READY`` once its agents run (``/readyz`` answers 200)."""
+        self.phase = phase
+        self.ready.set(1 if phase == READY else 0)
+        log.info("worker phase", extra={"phase": phase})
 
     def count_probe(self, per_filter_probed: dict[str, int], per_filter_escalated: dict[str, int]) -> None:
         for name, n in per_filter_probed.items():
@@ -87,12 +117,70 @@ class StreamMetrics:
             self.consumer_lag.labels(topic, str(partition)).set(max(lag, 0))
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP exporter; ``port=0`` picks a free one. Returns the bound port."""
-        if port == 0:
-            port = free_port(host)
-        start_http_server(port, addr=host, registry=self.registry)
-        log.info("metrics served", extra={"url": f"http://{host}:{port}/metrics"})
+        """Serve metrics, ``/healthz`` and ``/readyz`` from a daemon thread; ``port=0`` picks a free
+        one. Returns the bound port."""
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        server_class = type("_Server", (_ThreadingWSGIServer,), {"address_family": family})
+        server: WSGIServer = make_server(host, port, self.wsgi_app(), server_class, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="fluxscore-metrics", daemon=True).start()
+        self._server = server
+        port = int(server.server_port)
+        url_host = f"[{host}]" if ":" in host else host
+        log.info("metrics served", extra={"url": f"http://{url_host}:{port}/metrics",
+                                          "health": f"http://{url_host}:{port}/healthz",
+                                          "ready": f"http://{url_host}:{port}/readyz"})
         return port
+
+    def close(self) -> None:
+        """Stop serving (tests; a worker serves until its process ends)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def wsgi_app(self) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path == "/healthz":
+                return _plain(start_response, "200 OK", "ok")
+            if path == "/readyz":
+                phase = self.phase  # read once: the agents' thread may change it meanwhile
+                if phase == READY:
+                    return _plain(start_response, "200 OK", READY)
+                return _plain(start_response, "503 Service Unavailable", phase)
+            # Every other path stays metrics, as with prometheus_client's own server.
+            result: list[bytes] = metrics_app(environ, start_response)
+            return result
+
+        return app
+
+
+def _plain(start_response: Callable[..., Any], status: str, text: str) -> list[bytes]:
+    body = (text + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store")])
+    return [body]
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    # A slow scrape never blocks a health check; request threads never keep the process alive.
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape on stderr would break the JSON log stream
+
+
+def ready_when_started(app: Any, metrics: StreamMetrics) -> None:
+    """Mark ``metrics`` ready once the Faust ``app`` is running: Faust starts app tasks after its
+    agents and consumer have started (``app.on_startup_finished`` is taken by faust.Worker)."""
+    async def mark_ready() -> None:
+        metrics.set_phase(READY)
+
+    app.task(mark_ready)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -1,4 +1,5 @@
-"""Running one worker process: load models once, create topics, wire the agents, serve metrics, run Faust."""
+"""Running one worker process: serve metrics and health, load models once, wait for Redis, create topics,
+wire the agents, run Faust."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from streams.app import (
 )
 from streams.dedupe import DedupeStore
 from streams.kafka import ensure_topics
-from streams.metrics import StreamMetrics
+from streams.metrics import LOADING_MODELS, WAITING_FOR_KAFKA, WAITING_FOR_REDIS, StreamMetrics, ready_when_started
 from streams.reload import Reloader
 from streams.settings import StreamSettings
 from streams.topics import Topics
@@ -53,8 +54,13 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
     logs.configure(settings.log_format, settings.log_level, worker=name)
     bootstrap, redis_url = settings.require_cluster()
     scoring = scoring or ScoringSettings.from_env()
+    settings.check_limits(scoring.max_record_bytes)
     topics = Topics.from_settings(settings)
     metrics = StreamMetrics()
+    # First thing, before the slow or blocking steps (models, Redis, Kafka): a container's liveness
+    # check must pass while the worker correctly waits, and /readyz says what it waits for.
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_host, settings.metrics_port)
     if "shadow" in settings.roles:
         from streams.shadow import run_shadow_worker
 
@@ -65,6 +71,7 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
         return run_monitor_worker(settings, topics, metrics, name)
 
     _quiet_progress_bars()
+    metrics.set_phase(LOADING_MODELS)
     started = time.perf_counter()
     # Models load once, before joining the group: a worker never holds partitions it cannot serve yet.
     pipeline = Pipeline.load(list(settings.filters), settings=scoring,
@@ -83,25 +90,29 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(bootstrap, topics.pipeline_topics(list(pipeline.filters)),
-                                          replication=settings.replication))
+    # Redis first: it is waited for without limit, while Kafka's wait below ends in an error, and
+    # "waiting for kafka" then lasts from creating the topics until the agents run.
+    metrics.set_phase(WAITING_FOR_REDIS)
     dedupe = DedupeStore.from_url(redis_url, prefix=settings.redis_prefix, ttl=settings.dedupe_ttl,
                                   max_backoff=settings.retry_max_backoff,
                                   on_retry=lambda exc, n: metrics.retries.labels("redis").inc())
     loop.run_until_complete(dedupe.wait_ready())
+    metrics.set_phase(WAITING_FOR_KAFKA)
+    loop.run_until_complete(ensure_topics(bootstrap, topics.pipeline_topics(list(pipeline.filters)),
+                                          replication=settings.replication))
 
     app: faust.App = build_app(settings)
     runner = StageRunner(pipeline=pipeline, topics=topics, dedupe=dedupe, send=faust_sender(app), metrics=metrics,
-                         max_content_bytes=scoring.max_content_bytes, retry_max_backoff=settings.retry_max_backoff,
+                         limits=scoring.limits, max_message_bytes=settings.max_forward_bytes,
+                         retry_max_backoff=settings.retry_max_backoff,
                          max_payload_bytes=settings.dead_letter_payload_bytes, worker=name)
     consumed = register_agents(app, runner, settings)
     register_lag_timer(app, runner)
     register_assignment_log(app)
+    ready_when_started(app, metrics)
     if settings.reload_interval > 0:
         reloader = Reloader(pipeline, settings.filters, metrics, role="+".join(settings.roles))
         register_reload_timer(app, lambda: reloader.poll(runner.in_thread), settings.reload_interval)
-    if settings.metrics_port is not None:
-        metrics.serve(settings.metrics_host, settings.metrics_port)
     log.info("worker starting", extra={"roles": list(settings.roles), "consumes": consumed, "app_id": settings.app_id,
                                        "bootstrap": bootstrap})
     try:
