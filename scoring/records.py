@@ -69,8 +69,11 @@ class ScoreRecord(_Record):
     normalized: Normalized | None = None
     prefilter: PrefilterResult
     commerce: CommerceResult | None = None
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    scored_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    timings_ms: dict[str, float] = Field(default_factory=dict, description="per-stage milliseconds; empty on "
+                                         "Kafka, where the fluxscore.timings_ms header carries them")
+    scored_at: datetime | None = Field(default_factory=lambda: datetime.now(UTC),
+                                       description="when the record was computed; null on Kafka, where the "
+                                                   "fluxscore.scored_at header carries it")
 
     @property
     def key(self) -> str:
@@ -79,6 +82,21 @@ class ScoreRecord(_Record):
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
+
+    def stable(self) -> ScoreRecord:
+        """The record without what differs between two scorings of the same input (time, timings).
+
+        What the stream publishes: an article redelivered after a crash, even with its idempotency
+        entry in Redis gone, yields the same bytes, so a compacted topic or a downstream upsert sees
+        no change. The volatile parts travel in message headers (:meth:`volatile_headers`).
+        """
+        return self.model_copy(update={"scored_at": None, "timings_ms": {}})
+
+    def volatile_headers(self) -> list[tuple[str, bytes]]:
+        headers = [("fluxscore.timings_ms", orjson.dumps(self.timings_ms))]
+        if self.scored_at is not None:
+            headers.append(("fluxscore.scored_at", self.scored_at.isoformat().encode()))
+        return headers
 
     @classmethod
     def from_json(cls, data: bytes | str | dict[str, Any]) -> ScoreRecord:

@@ -12,6 +12,13 @@ acknowledged by Kafka; the caller then acknowledges the batch's input offsets (a
 
 Final records pass through :class:`~streams.dedupe.DedupeStore` first: a key scored before is
 re-emitted as stored (never a second, different record) or skipped when it was already delivered.
+What is published is the record's :meth:`~scoring.records.ScoreRecord.stable` form (no times in the
+body), so a rescoring after Redis lost its keys yields the same bytes.
+
+One item, one fate: any exception raised while handling one consumed message (decoding it, scoring
+it, encoding what it produces) dead-letters that message with its coordinates; the rest of the batch
+goes on. An article is either forwarded and scored, or dead-lettered — never both: its forwards are
+sent first, and only the articles whose forwards Kafka accepted get their final records.
 """
 
 from __future__ import annotations
@@ -24,21 +31,22 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 
-from scoring.article import Article, parse_article
-from scoring.exceptions import ArticleValidationError
+from scoring.article import DEFAULT_LIMITS, Article, Limits, parse_article
+from scoring.isolate import isolate
 from scoring.pipeline import Escalation, Pipeline, Screened
 from scoring.records import ScoreRecord, record_key
 from streams.dedupe import Claim, DedupeStore
 from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, DeadLetter, Source, build_dead_letter
-from streams.exceptions import WireFormatError
+from streams.exceptions import MessageTooLargeError
 from streams.metrics import StreamMetrics
 from streams.outbox import Message, Outbox, Sender
 from streams.topics import Topics
-from streams.wire import RECORD_KEY_HEADER, decode_escalation, decode_screened, encode
+from streams.wire import RECORD_KEY_HEADER, decode_escalation, decode_screened, encode, encode_screened
 
 log = logging.getLogger("fluxscore.streams.agents")
 T = TypeVar("T")
@@ -62,7 +70,9 @@ class StageRunner:
     dedupe: DedupeStore
     send: Sender
     metrics: StreamMetrics
-    max_content_bytes: int = 1_000_000
+    limits: Limits = DEFAULT_LIMITS
+    # The largest value a forward may have: what the producer and the broker accept, less headers.
+    max_message_bytes: int = 1_048_576 - 16_384
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     retry_max_backoff: float = 5.0
     worker: str = "fluxscore"
@@ -83,20 +93,23 @@ class StageRunner:
         origin: dict[str, Inbound] = {}
         for item in batch:
             try:
-                article = parse_article(item.payload, max_content_bytes=self.max_content_bytes)
-            except ArticleValidationError as exc:
+                article = parse_article(item.payload, limits=self.limits)
+            except Exception as exc:
                 dead.append(self._dead(PREFILTER, item, exc))
                 continue
             articles.append(article)
             origin.setdefault(article.id, item)
         t0 = time.perf_counter()
-        outputs, failed = await self._isolated(self.pipeline.screen, articles)
+        outputs, failed = await self.in_thread(isolate, self.pipeline.screen, articles)
         self.metrics.stage_seconds.labels(PREFILTER).observe(time.perf_counter() - t0)
-        dead.extend(self._dead(PREFILTER, origin[articles[i].id], exc) for i, exc in failed)
+        failures: dict[str, BaseException] = {articles[i].id: exc for i, exc in failed}
+        forwards: dict[str, list[Message]] = {}
+        for _, screened in outputs:
+            for s in screened:
+                self._add_forward(forwards, failures, PREFILTER, self.topics.screened.name, s.article.id,
+                                  functools.partial(encode_screened, s))
         records = [r for recs, _ in outputs for r in recs]
-        forwards = [self._forward(PREFILTER, self.topics.screened.name, s.article.id, encode(s), origin[s.article.id])
-                    for _, screened in outputs for s in screened]
-        await self._finish(PREFILTER, batch, records, [], forwards, dead, start)
+        await self._finish(PREFILTER, batch, records, [], forwards, failures, origin, dead, start)
 
     async def probe(self, batch: Sequence[Inbound]) -> None:
         start = self._begin(PROBE, batch)
@@ -106,23 +119,25 @@ class StageRunner:
         for item in batch:
             try:
                 s = decode_screened(item.payload)
-            except WireFormatError as exc:
+            except Exception as exc:
                 dead.append(self._dead(PROBE, item, exc))
                 continue
             screened.append(s)
             origin.setdefault(s.article.id, item)
         t0 = time.perf_counter()
-        outputs, failed = await self._isolated(self.pipeline.probe, screened)
+        outputs, failed = await self.in_thread(isolate, self.pipeline.probe, screened)
         self.metrics.stage_seconds.labels(PROBE).observe(time.perf_counter() - t0)
-        dead.extend(self._dead(PROBE, origin[screened[i].article.id], exc) for i, exc in failed)
+        failures: dict[str, BaseException] = {screened[i].article.id: exc for i, exc in failed}
         records = [r for recs, _ in outputs for r in recs]
         escalations = [e for _, escs in outputs for e in escs]
         probed = Counter(r.filter.name for r in records)
         escalated = Counter(e.filter for e in escalations)
         self.metrics.count_probe(dict(probed + escalated), dict(escalated))
-        forwards = [self._forward(PROBE, self.topics.escalated.name, e.article_id, encode(e), origin[e.article_id])
-                    for e in escalations]
-        await self._finish(PROBE, batch, records, [], forwards, dead, start)
+        forwards: dict[str, list[Message]] = {}
+        for e in escalations:
+            self._add_forward(forwards, failures, PROBE, self.topics.escalated.name, e.article_id,
+                              functools.partial(encode, e))
+        await self._finish(PROBE, batch, records, [], forwards, failures, origin, dead, start)
 
     async def model(self, batch: Sequence[Inbound]) -> None:
         start = self._begin(MODEL, batch)
@@ -132,7 +147,7 @@ class StageRunner:
         for item in batch:
             try:
                 e = decode_escalation(item.payload)
-            except WireFormatError as exc:
+            except Exception as exc:
                 dead.append(self._dead(MODEL, item, exc))
                 continue
             escalations.append(e)
@@ -142,11 +157,11 @@ class StageRunner:
         known = await self.dedupe.lookup(list(keys))
         todo = [e for key, e in keys.items() if key not in known]
         t0 = time.perf_counter()
-        outputs, failed = await self._isolated(self.pipeline.escalate, todo)
+        outputs, failed = await self.in_thread(isolate, self.pipeline.escalate, todo)
         self.metrics.stage_seconds.labels(MODEL).observe(time.perf_counter() - t0)
         dead.extend(self._dead(MODEL, origin[(todo[i].article_id, todo[i].filter)], exc) for i, exc in failed)
         records = [r for recs in outputs for r in recs]
-        await self._finish(MODEL, batch, records, list(known.values()), [], dead, start)
+        await self._finish(MODEL, batch, records, list(known.values()), {}, {}, {}, dead, start)
 
     # -- shared plumbing -----------------------------------------------------------------------------
 
@@ -159,27 +174,6 @@ class StageRunner:
         self.metrics.batch_size.labels(stage).observe(len(batch))
         return time.perf_counter()
 
-    async def _isolated(self, fn: Callable[[list[T]], R],
-                        items: list[T]) -> tuple[list[R], list[tuple[int, Exception]]]:
-        """``fn`` over the batch; if that fails, item by item, so one bad item cannot sink the others."""
-        if not items:
-            return [], []
-        try:
-            return [await self.in_thread(fn, items)], []
-        except Exception as exc:
-            if len(items) == 1:
-                return [], [(0, exc)]
-            log.warning("batch failed, isolating the failing items",
-                        extra={"items": len(items), "error": f"{type(exc).__name__}: {exc}"})
-        outputs: list[R] = []
-        failed: list[tuple[int, Exception]] = []
-        for i, item in enumerate(items):
-            try:
-                outputs.append(await self.in_thread(fn, [item]))
-            except Exception as exc:
-                failed.append((i, exc))
-        return outputs, failed
-
     def _dead(self, stage: str, item: Inbound, exc: BaseException) -> DeadLetter:
         log.info("dead letter", extra={"stage": stage, "error_type": type(exc).__name__, "error": str(exc),
                                        "topic": item.source.topic, "partition": item.source.partition,
@@ -190,18 +184,53 @@ class StageRunner:
     def _dlq_message(self, dead: DeadLetter) -> Message:
         return Message(self.topics.dlq.name, dead.key, dead.value, dead.headers)
 
-    def _forward(self, stage: str, topic: str, article_id: str, value: bytes, item: Inbound) -> Message:
-        return Message(topic, article_id.encode(), value,
-                       fallback=lambda exc: self._dlq_message(self._dead(stage, item, exc)))
+    def _add_forward(self, forwards: dict[str, list[Message]], failures: dict[str, BaseException], stage: str,
+                     topic: str, article_id: str, value: Callable[[], bytes]) -> None:
+        """Queue one forward of an article, or mark the article failed if it cannot be encoded or sent."""
+        if article_id in failures:
+            return
+        try:
+            payload = value()
+        except Exception as exc:  # e.g. a value the JSON encoder refuses
+            failures[article_id] = exc
+            return
+        if len(payload) > self.max_message_bytes:
+            # Known before sending: dead-letter the article now rather than learn it from the broker.
+            failures[article_id] = MessageTooLargeError(
+                f"the message for {topic} would be {len(payload)} bytes, above the limit of "
+                f"{self.max_message_bytes} bytes", topic=topic, article_id=article_id, stage=stage)
+            return
+        forwards.setdefault(article_id, []).append(Message(topic, article_id.encode(), payload))
 
     async def _finish(self, stage: str, batch: Sequence[Inbound], records: list[ScoreRecord], known: list[Claim],
-                      forwards: list[Message], dead: list[DeadLetter], start: float) -> None:
-        claims = [*known, *await self.dedupe.claim(records)]
+                      forwards: dict[str, list[Message]], failures: dict[str, BaseException],
+                      origin: dict[str, Inbound], dead: list[DeadLetter], start: float) -> None:
         outbox = Outbox(self.send, max_backoff=self.retry_max_backoff,
                         on_retry=lambda exc, n: self.metrics.retries.labels("kafka").inc())
+        # Phase 1: forwards, and the dead letters known so far. A forward the broker refuses for good
+        # (its own limit may be lower than ours) turns its article into a dead letter, before any of
+        # that article's final records exist.
+        refused: dict[str, BaseException] = {}
+        for article_id, messages in forwards.items():
+            if article_id in failures:
+                continue
+            for message in messages:
+                message.fallback = functools.partial(self._refused, stage, article_id, origin, refused)
+                outbox.add(message)
+        for article_id, exc in failures.items():
+            dead.append(self._dead(stage, origin[article_id], exc))
+        for letter in dead:
+            outbox.add(self._dlq_message(letter))
+        delivered = await outbox.flush()
+        lost = failures.keys() | refused.keys()
+        # Phase 2: the final records of every article that is not dead-lettered.
+        records = [r for r in records if r.article_id not in lost]
+        claims = [*known, *await self.dedupe.claim([r.stable() for r in records])]
+        volatile = {r.key: r.volatile_headers() for r in records}
         emitted: list[Claim] = []
         seen: set[str] = set()
         repeats = Counter[str]()
+        now = datetime.now(UTC).isoformat().encode()
         for claim in claims:
             if claim.key in seen:
                 continue
@@ -209,19 +238,16 @@ class StageRunner:
             if claim.sent:
                 repeats["skipped"] += 1
                 continue
+            extra = volatile.get(claim.key, []) if claim.fresh else [("fluxscore.reemitted_at", now)]
             if not claim.fresh:
                 repeats["re-emitted"] += 1
-            article_id = claim.key.rsplit("|", 2)[0].encode()
-            headers = [("fluxscore.article_id", article_id), ("fluxscore.filter", claim.filter.encode()),
-                       (RECORD_KEY_HEADER, claim.key.encode())]
+            kafka_key = claim.key.rsplit("|", 2)[0].encode()
+            headers = [("fluxscore.article_id", kafka_key), ("fluxscore.filter", claim.filter.encode()),
+                       (RECORD_KEY_HEADER, claim.key.encode()), *extra]
             for topic in (self.topics.scores(claim.filter).name, self.topics.all_scores.name):
-                outbox.add(Message(topic, article_id, claim.payload, headers))
+                outbox.add(Message(topic, kafka_key, claim.payload, headers))
             emitted.append(claim)
-        for message in forwards:
-            outbox.add(message)
-        for letter in dead:
-            outbox.add(self._dlq_message(letter))
-        delivered = await outbox.flush()
+        delivered += await outbox.flush()
         await self.dedupe.mark_sent([c.key for c in emitted])
         if repeats:
             for action, n in repeats.items():
@@ -243,4 +269,12 @@ class StageRunner:
             self.next_offsets[tp] = max(self.next_offsets.get(tp, 0), item.source.offset + 1)
         self.metrics.batch_seconds.labels(stage).observe(time.perf_counter() - start)
         log.debug("batch done", extra={"stage": stage, "size": len(batch), "records": len(emitted),
-                                       "forwarded": len(forwards), "dead": len(dead)})
+                                       "forwarded": sum(map(len, forwards.values())), "dead": len(dead)})
+
+    def _refused(self, stage: str, article_id: str, origin: dict[str, Inbound], refused: dict[str, BaseException],
+                 exc: BaseException) -> Message | None:
+        """The fallback of a refused forward: the article's dead letter, once per article."""
+        if article_id in refused:
+            return None  # another forward of this article was refused already and carries its dead letter
+        refused[article_id] = exc
+        return self._dlq_message(self._dead(stage, origin[article_id], exc))

@@ -36,3 +36,11 @@ class EmbeddedServiceError(StreamError):
 
 class BrokerUnavailableError(StreamError):
     """The Kafka cluster cannot be reached."""
+
+
+class MessageTooLargeError(StreamError):
+    """What one input produced is larger than the topics can carry; the input is dead-lettered."""
+
+    def __init__(self, message: str, *, topic: str | None = None, article_id: str | None = None,
+                 stage: str | None = None) -> None:
+        super().__init__(message, topic=topic, article_id=article_id, stage=stage)

@@ -29,7 +29,7 @@ from scoring.records import ScoreRecord
 from streams.agents import Inbound
 from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log, run_faust
 from streams.kafka import ensure_topics
-from streams.metrics import StreamMetrics
+from streams.metrics import WAITING_FOR_KAFKA, StreamMetrics, ready_when_started
 from streams.outbox import Message, Outbox, Sender
 from streams.settings import StreamSettings
 from streams.topics import Topics
@@ -172,15 +172,21 @@ class DriftMonitor:
         for item in batch:
             try:
                 self.add(ScoreRecord.from_json(item.payload))
-            except ValueError:
-                log.warning("not a score record; skipped", extra={"topic": item.source.topic,
-                                                                  "offset": item.source.offset})
+            except Exception as exc:
+                # Whatever is wrong with one message, it costs that message: the monitor only reads.
+                log.warning("not a score record; skipped", extra={
+                    "topic": item.source.topic, "partition": item.source.partition, "offset": item.source.offset,
+                    "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
         self.metrics.messages_in.labels("monitor").inc(len(batch))
         reports = []
         for name in self.due():
             windows = self.filters[name]
             windows.since_report = 0
-            reports.append(await asyncio.to_thread(drift_report, name, windows))
+            try:
+                reports.append(await asyncio.to_thread(drift_report, name, windows))
+            except Exception:
+                # One filter's failing report must not stop the others' (nor the consumer).
+                log.exception("drift report failed", extra={"filter": name})
         if not reports:
             return
         outbox = Outbox(self.send, max_backoff=self.retry_max_backoff)
@@ -200,9 +206,11 @@ def load_reference(path: Path | None) -> list[ScoreRecord]:
 
 
 def run_monitor_worker(settings: StreamSettings, topics: Topics, metrics: StreamMetrics, name: str) -> int:
+    """Runs the monitor role; ``metrics`` are already served (by :func:`streams.worker.run_worker`)."""
     bootstrap, _ = settings.require_cluster()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    metrics.set_phase(WAITING_FOR_KAFKA)
     loop.run_until_complete(ensure_topics(bootstrap, [topics.all_scores, topics.drift],
                                           replication=settings.replication))
     # Its own consumer group: the monitor sees every record, whatever else reads scores.all.
@@ -215,8 +223,7 @@ def run_monitor_worker(settings: StreamSettings, topics: Topics, metrics: Stream
     app.agent(faust_topic(app, topics.all_scores, settings.replication), name="fluxscore.monitor",
               concurrency=1)(agent)
     register_assignment_log(app)
-    if settings.metrics_port is not None:
-        metrics.serve(settings.metrics_host, settings.metrics_port)
+    ready_when_started(app, metrics)
     log.info("worker starting", extra={"roles": ["monitor"], "consumes": [topics.all_scores.name],
                                        "bootstrap": bootstrap, "worker": name})
     return run_faust(app, loop, settings)

@@ -34,8 +34,8 @@ class Message:
     key: bytes | None
     value: bytes
     headers: Headers | None = None
-    # Built only if Kafka refuses the message for good: what to send instead.
-    fallback: Callable[[BaseException], Message] | None = None
+    # Built only if Kafka refuses the message for good: what to send instead (None: nothing).
+    fallback: Callable[[BaseException], Message | None] | None = None
 
 
 def _kafka_error(exc: BaseException) -> BaseException:
@@ -88,7 +88,9 @@ class Outbox:
                                           f"{type(result).__name__}: {result}", topic=msg.topic)
                     log.warning("message refused, sending its fallback",
                                 extra={"topic": msg.topic, "error": f"{type(result).__name__}: {result}"})
-                    retry.append(msg.fallback(_kafka_error(result)))
+                    instead = msg.fallback(_kafka_error(result))
+                    if instead is not None:
+                        retry.append(instead)
                 else:
                     transient = transient or result
                     retry.append(msg)

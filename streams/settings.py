@@ -64,6 +64,8 @@ PIPELINE_ROLES: tuple[Role, ...] = ("prefilter", "probe", "model")
 SOLO_ROLES: tuple[Role, ...] = ("shadow", "monitor")
 ROLES: tuple[Role, ...] = (*PIPELINE_ROLES, *SOLO_ROLES)
 PARTITIONED_TOPICS = ("raw", "screened", "escalated", "scores", "dlq")
+# What a hop adds to an accepted record: prefilter results per filter, commerce evidence, key, headers.
+FORWARD_HEADROOM = 64 * 1024
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -232,6 +234,26 @@ class StreamSettings:
 
     def with_roles(self, roles: str | list[str] | tuple[str, ...]) -> StreamSettings:
         return replace(self, roles=parse_roles(roles))
+
+    @property
+    def max_forward_bytes(self) -> int:
+        """The largest value a worker produces: the message limit less room for key and headers."""
+        return self.max_message_bytes - FORWARD_HEADROOM
+
+    def check_limits(self, max_record_bytes: int) -> None:
+        """Refuse a worker whose topics could not carry every record that validation accepts.
+
+        An accepted article travels on to ``articles.screened`` with its prefilter results and commerce
+        evidence beside it; with the validation limit above what the topics carry, valid articles would
+        be dead-lettered one hop later instead of refused with a reason at the door.
+        """
+        if max_record_bytes > self.max_forward_bytes:
+            raise StreamSettingsError(
+                f"FLUXSCORE_MAX_RECORD_BYTES ({max_record_bytes}) must be at most FLUXSCORE_MAX_MESSAGE_BYTES "
+                f"({self.max_message_bytes}) less {FORWARD_HEADROOM} bytes of headroom for what each hop adds "
+                f"(at most {self.max_forward_bytes}); raise the broker's message.max.bytes and "
+                "FLUXSCORE_MAX_MESSAGE_BYTES, or lower FLUXSCORE_MAX_RECORD_BYTES",
+                variable="FLUXSCORE_MAX_RECORD_BYTES")
 
     @property
     def dead_letter_payload_bytes(self) -> int:

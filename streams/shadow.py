@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from scoring.article import Article, parse_article
-from scoring.exceptions import ArticleValidationError
+from scoring.article import Article, Limits, parse_article
+from scoring.isolate import isolate
 from scoring.package import resolve
 from scoring.pipeline import Pipeline
 from scoring.records import ScoreRecord
@@ -30,7 +30,7 @@ from streams.agents import Inbound
 from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log, run_faust
 from streams.exceptions import StreamSettingsError
 from streams.kafka import ensure_topics
-from streams.metrics import StreamMetrics
+from streams.metrics import LOADING_MODELS, WAITING_FOR_KAFKA, StreamMetrics, ready_when_started
 from streams.outbox import Message, Outbox, Sender
 from streams.settings import StreamSettings
 from streams.topics import Topics
@@ -63,25 +63,33 @@ def compare(live: Sequence[ScoreRecord], shadow: Sequence[ScoreRecord]) -> list[
 
 class ShadowRunner:
     def __init__(self, live: Pipeline, shadow: Pipeline, topics: Topics, send: Sender, metrics: StreamMetrics,
-                 *, max_content_bytes: int, retry_max_backoff: float) -> None:
+                 *, limits: Limits, retry_max_backoff: float) -> None:
         self.live, self.shadow, self.topics, self.send, self.metrics = live, shadow, topics, send, metrics
-        self.max_content_bytes = max_content_bytes
+        self.limits = limits
         self.retry_max_backoff = retry_max_backoff
         self._sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # n, abs diff, tier agreements
 
     def _score_both(self, articles: list[Article]) -> list[dict[str, Any]]:
         return compare(self.live.score(articles), self.shadow.score(articles))
 
+    def _compare_isolated(self, articles: list[Article]) -> list[dict[str, Any]]:
+        outputs, failed = isolate(self._score_both, articles)
+        for i, exc in failed:
+            # The live pipeline dead-letters what it cannot score; the comparison only skips it.
+            log.warning("article not compared", extra={"article_id": articles[i].id,
+                                                       "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        return [c for out in outputs for c in out]
+
     async def handle(self, batch: Sequence[Inbound]) -> None:
         articles: list[Article] = []
         for item in batch:
             try:
-                articles.append(parse_article(item.payload, max_content_bytes=self.max_content_bytes))
-            except ArticleValidationError:
+                articles.append(parse_article(item.payload, limits=self.limits))
+            except Exception:
                 continue  # the live pipeline dead-letters it; a comparison has nothing to add
         self.metrics.messages_in.labels("shadow").inc(len(batch))
         start = time.perf_counter()
-        comparisons = await asyncio.to_thread(self._score_both, articles) if articles else []
+        comparisons = await asyncio.to_thread(self._compare_isolated, articles) if articles else []
         self.metrics.stage_seconds.labels("shadow").observe(time.perf_counter() - start)
         outbox = Outbox(self.send, max_backoff=self.retry_max_backoff)
         for c in comparisons:
@@ -117,23 +125,25 @@ def load_pipelines(settings: StreamSettings, scoring: ScoringSettings) -> tuple[
 
 def run_shadow_worker(settings: StreamSettings, scoring: ScoringSettings, topics: Topics, metrics: StreamMetrics,
                       name: str) -> int:
+    """Runs the shadow role; ``metrics`` are already served (by :func:`streams.worker.run_worker`)."""
     bootstrap, _ = settings.require_cluster()
+    metrics.set_phase(LOADING_MODELS)
     live, shadow = load_pipelines(settings, scoring)
     log.info("shadow filters loaded", extra={"live": live.describe(), "shadow": shadow.describe()})
     metrics.set_filters("live", live.describe())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    metrics.set_phase(WAITING_FOR_KAFKA)
     loop.run_until_complete(ensure_topics(bootstrap, [topics.raw, topics.shadow], replication=settings.replication))
     # Its own consumer group: the shadow sees every article without taking any from the live workers.
     app = build_app(settings.with_app_id(f"{settings.app_id}-shadow"))
     runner = ShadowRunner(live, shadow, topics, faust_sender(app), metrics,
-                          max_content_bytes=scoring.max_content_bytes, retry_max_backoff=settings.retry_max_backoff)
+                          limits=scoring.limits, retry_max_backoff=settings.retry_max_backoff)
 
     agent = batch_agent(runner.handle, "shadow", settings.probe_batch, settings.probe_within)
     app.agent(faust_topic(app, topics.raw, settings.replication), name="fluxscore.shadow", concurrency=1)(agent)
     register_assignment_log(app)
-    if settings.metrics_port is not None:
-        metrics.serve(settings.metrics_host, settings.metrics_port)
+    ready_when_started(app, metrics)
     log.info("worker starting", extra={"roles": ["shadow"], "consumes": [topics.raw.name], "bootstrap": bootstrap,
                                        "worker": name})
     return run_faust(app, loop, settings)

@@ -29,6 +29,13 @@ def encode(item: BaseModel) -> bytes:
     return item.model_dump_json().encode()
 
 
+def encode_screened(item: Screened) -> bytes:
+    """A screened article without its raw ``content``: ``text`` (title + cleaned content) is what the
+    probe reads, and carrying both would double the message, so an article the validation limit
+    accepts could not be forwarded."""
+    return item.model_dump_json(exclude={"article": {"content"}}).encode()
+
+
 def _decode(model: type[M], payload: bytes, stage: str) -> M:
     try:
         return model.model_validate_json(payload)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from scoring.article import parse_article
-from scoring.pipeline import Escalation, Pipeline
+from scoring.article import Limits, parse_article
+from scoring.pipeline import Escalation, Pipeline, Screened
 from scoring.records import PrefilterResult, ScoreRecord
 from scoring.settings import ScoringSettings
 from streams.agents import Inbound, StageRunner
@@ -20,7 +24,8 @@ from streams.kafka import aiokafka_sender, ensure_topics, make_consumer, make_pr
 from streams.metrics import StreamMetrics
 from streams.settings import StreamSettings
 from streams.topics import Topics
-from streams.wire import encode, record_key_of
+from streams.wire import decode_screened, encode, encode_screened, record_key_of
+from tests.hostile import DEEPEST, hostile_record, nest, valid_record
 from tests.integration.conftest import STREAM_FILTERS, redis_url, synthetic_articles
 
 pytestmark = pytest.mark.integration
@@ -50,7 +55,8 @@ class Harness:
         await self.producer.start()
         self.dedupe = DedupeStore.from_url(self.redis, prefix=f"agents-{self.n}")
         return StageRunner(pipeline=self.pipeline, topics=self.topics, dedupe=self.dedupe,
-                           send=aiokafka_sender(self.producer), metrics=StreamMetrics(), max_content_bytes=20_000)
+                           send=aiokafka_sender(self.producer), metrics=StreamMetrics(),
+                           limits=Limits(max_content_bytes=20_000))
 
     async def __aexit__(self, *exc: object) -> None:
         await self.producer.stop()
@@ -163,3 +169,184 @@ def test_bad_items_go_to_the_dlq_and_the_rest_of_the_batch_flows(pipeline: Pipel
     assert (record.article_id, record.filter.name, record.stage.value) == ("esc-ok", "demo", "stage2")
     probe_letter = [DeadLetterRecord.parse(v) for _, v in everything if DeadLetterRecord.parse(v).stage == "probe"]
     assert [(d.article_id, d.error_type.rsplit(".", 1)[-1]) for d in probe_letter] == [("s-1", "WireFormatError")]
+
+
+# -- one bad record costs one record (the [hardening] findings) -----------------------------------------
+
+Sent = list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]
+
+
+def _tee(runner: StageRunner) -> Sent:
+    """Record what the runner sends, while still sending it to the real broker."""
+    sent: Sent = []
+    real = runner.send
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None) -> Any:
+        sent.append((topic, key, value, list(headers or [])))
+        return await real(topic, key, value, headers)
+
+    runner.send = send
+    return sent
+
+
+def _letters(sent: Sent, dlq: str) -> list[DeadLetterRecord]:
+    return [DeadLetterRecord.parse(v, h) for t, _, v, h in sent if t == dlq]
+
+
+def _scored_ids(sent: Sent, topics: Topics) -> set[str]:
+    return {orjson.loads(v)["article_id"] for t, _, v, _ in sent if t == topics.all_scores.name}
+
+
+def test_poison_records_are_dead_lettered_with_coordinates_and_the_rest_flows(
+        pipeline: Pipeline, broker, redis_server) -> None:
+    deep = json.dumps({"id": "deep", "title": "t", "content": "c", "metadata": nest(1, 300, as_list=False)}).encode()
+    surrogate = json.dumps({"id": "sur\ud800", "content": "c", "metadata": nest("\udc00", 400, as_list=True)}).encode()
+    batch_payloads = [orjson.dumps(valid_record(0)), deep, surrogate, DEEPEST,
+                      orjson.dumps({"id": "\u200b\u200d", "content": "c"}), orjson.dumps(valid_record(1))]
+
+    async def run() -> tuple[Sent, Sent, Topics]:
+        h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
+        async with h as runner:
+            sent = _tee(runner)
+            await runner.prefilter(_inbound(batch_payloads, h.topics.raw.name))
+            forwarded = [v for t, _, v, _ in sent if t == h.topics.screened.name]
+            probe_sent = _tee(runner)
+            await runner.probe(_inbound(forwarded, h.topics.screened.name))
+            return sent, probe_sent, h.topics
+
+    sent, probe_sent, topics = asyncio.run(run())
+    letters = {d.source.offset: d for d in _letters(sent, topics.dlq.name)}
+    assert sorted(letters) == [1, 2, 3, 4], "each poison record, and only those, is dead-lettered"
+    assert letters[1].article_id == "deep" and "nested deeper than 32 levels" in letters[1].message
+    assert "nested deeper" in letters[2].message
+    assert "must not be blank" in letters[4].message
+    for letter in letters.values():
+        assert letter.source.topic == topics.raw.name and letter.stage == "prefilter"
+        assert letter.headers["fluxscore.source.offset"] == str(letter.source.offset)
+    # The valid articles behind them went on: screened, then scored or escalated for both filters.
+    done = {(orjson.loads(v)["article_id"], orjson.loads(v)["filter"] if t == topics.escalated.name
+             else orjson.loads(v)["filter"]["name"]) for t, _, v, _ in probe_sent
+            if t in (topics.escalated.name, topics.all_scores.name)}
+    assert done == {(f"ok-{i}", f) for i in (0, 1) for f in STREAM_FILTERS}
+
+
+def test_an_unforeseen_error_costs_only_its_item(pipeline: Pipeline, broker, redis_server,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real_screen = pipeline.screen
+
+    def screen(articles: list[Any]) -> Any:
+        # Stands in for a bug that only one input triggers (no such input is known: that is the point).
+        if any(a.id == "ok-1" for a in articles):
+            raise RuntimeError("a bug that only this article triggers")
+        return real_screen(articles)
+
+    monkeypatch.setattr(pipeline, "screen", screen)
+
+    async def run() -> tuple[Sent, Topics]:
+        h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
+        async with h as runner:
+            sent = _tee(runner)
+            await runner.prefilter(_inbound([orjson.dumps(valid_record(i)) for i in range(3)], h.topics.raw.name))
+            return sent, h.topics
+
+    sent, topics = asyncio.run(run())
+    (letter,) = _letters(sent, topics.dlq.name)
+    assert (letter.article_id, letter.source.offset, letter.error_type) == ("ok-1", 1, "builtins.RuntimeError")
+    forwarded = {orjson.loads(v)["article"]["id"] for t, _, v, _ in sent if t == topics.screened.name}
+    assert forwarded | _scored_ids(sent, topics) == {"ok-0", "ok-2"}
+
+
+def test_an_article_too_large_to_forward_is_dead_lettered_and_never_scored(
+        pipeline: Pipeline, broker, redis_server) -> None:
+    big = orjson.dumps({"id": "big", "title": "A large report", "content": "A council approved a plan. " * 400})
+
+    async def run() -> tuple[Sent, Topics]:
+        h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
+        async with h as runner:
+            runner.max_message_bytes = 8_000
+            sent = _tee(runner)
+            await runner.prefilter(_inbound([big, orjson.dumps(valid_record(0))], h.topics.raw.name))
+            return sent, h.topics
+
+    sent, topics = asyncio.run(run())
+    (letter,) = _letters(sent, topics.dlq.name)
+    assert letter.article_id == "big" and letter.error_type.endswith("MessageTooLargeError")
+    assert "big" not in _scored_ids(sent, topics), "scored and dead-lettered are exclusive"
+    assert {orjson.loads(v)["article"]["id"] for t, _, v, _ in sent if t == topics.screened.name} == {"ok-0"}
+
+
+def test_the_screened_message_carries_the_text_once() -> None:
+    article = parse_article(orjson.dumps({"id": "a", "title": "T", "content": "x" * 100_000}))
+    screened = Screened(article=article, text="T\n\n" + "x" * 100_000, open_filters={})
+    assert 100_000 < len(encode_screened(screened)) < 101_000
+    assert decode_screened(encode_screened(screened)).text == screened.text
+
+
+def test_a_rescoring_after_redis_lost_its_keys_publishes_the_same_bytes(
+        pipeline: Pipeline, broker, redis_server) -> None:
+    articles = synthetic_articles(8, seed=33)
+
+    async def score_all() -> dict[bytes, tuple[bytes, dict[str, bytes]]]:
+        # A fresh Redis prefix each time: the idempotency entries of the first run are gone.
+        h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
+        async with h as runner:
+            sent = _tee(runner)
+            await runner.prefilter(_inbound(articles, h.topics.raw.name))
+            fwd = [v for t, _, v, _ in sent if t == h.topics.screened.name]
+            await runner.probe(_inbound(fwd, h.topics.screened.name))
+            esc = [v for t, _, v, _ in sent if t == h.topics.escalated.name]
+            await runner.model(_inbound(esc, h.topics.escalated.name))
+            return {record_key_of(k, hd) or b"": (v, dict(hd)) for t, k, v, hd in sent
+                    if t == h.topics.all_scores.name}
+
+    first, second = asyncio.run(score_all()), asyncio.run(score_all())
+    assert first.keys() == second.keys() and len(first) == len(articles) * len(STREAM_FILTERS)
+    assert {k: v for k, (v, _) in first.items()} == {k: v for k, (v, _) in second.items()}
+    body = ScoreRecord.from_json(next(iter(first.values()))[0])
+    assert body.scored_at is None and body.timings_ms == {}, "what varies travels in headers"
+    for _, headers in first.values():
+        assert "fluxscore.scored_at" in headers and "prefilter" in orjson.loads(headers["fluxscore.timings_ms"])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(hostile_record(), min_size=1, max_size=4), st.lists(hostile_record(), max_size=2))
+def test_every_hostile_input_ends_scored_or_dead_lettered_in_every_agent(
+        pipeline: Pipeline, broker, redis_server, raw: list[bytes], wire_junk: list[bytes]) -> None:
+    payloads = [orjson.dumps(valid_record(0)), *raw]
+
+    async def run() -> tuple[Sent, Topics, list[int], list[int]]:
+        h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
+        async with h as runner:
+            sent = _tee(runner)
+            await runner.prefilter(_inbound(payloads, h.topics.raw.name))
+            # Hostile bytes also where a stage expects its own wire format.
+            screened = [v for t, _, v, _ in sent if t == h.topics.screened.name]
+            await runner.probe(_inbound([*screened, *wire_junk], h.topics.screened.name))
+            escalated = [v for t, _, v, _ in sent if t == h.topics.escalated.name]
+            await runner.model(_inbound([*escalated, *wire_junk], h.topics.escalated.name))
+            return sent, h.topics, list(range(len(screened))), list(range(len(escalated)))
+
+    sent, topics, screened, escalated = asyncio.run(run())  # none of the handlers raises
+    dead = {(d.source.topic, d.source.offset) for d in _letters(sent, topics.dlq.name)}
+    outputs = {t: [orjson.loads(v) for tt, _, v, _ in sent if tt == t]
+               for t in (topics.screened.name, topics.escalated.name, topics.all_scores.name)}
+    scored = {(r["article_id"], r["filter"]["name"]) for r in outputs[topics.all_scores.name]}
+    forwarded = {s["article"]["id"] for s in outputs[topics.screened.name]}
+    for offset, payload in enumerate(payloads):
+        if (topics.raw.name, offset) in dead:
+            continue
+        article_id = parse_article(payload).id  # not dead-lettered: it was a valid article
+        assert article_id in forwarded or {(article_id, f) for f in STREAM_FILTERS} <= scored
+    # Each valid screened article ended, for every open filter, as a record or an escalation.
+    escalations = {(e["article_id"], e["filter"]) for e in outputs[topics.escalated.name]}
+    for offset, s in enumerate(outputs[topics.screened.name]):
+        if (topics.screened.name, offset) in dead:
+            continue
+        for name in s["open_filters"]:
+            assert (s["article"]["id"], name) in scored | escalations
+    # The junk in the stages' own wire formats was dead-lettered, one letter each.
+    for topic, n_valid in ((topics.screened.name, len(screened)), (topics.escalated.name, len(escalated))):
+        assert len([o for t, o in dead if t == topic and o >= n_valid]) == len(wire_junk)
+    # Every escalation ended as a record (or a dead letter naming it).
+    for e_offset, e in enumerate(outputs[topics.escalated.name]):
+        assert (e["article_id"], e["filter"]) in scored or (topics.escalated.name, e_offset) in dead

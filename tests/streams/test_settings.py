@@ -66,3 +66,14 @@ def test_require_cluster_says_what_to_set() -> None:
         StreamSettings.from_env({}).require_cluster()
     assert StreamSettings.from_env({"KAFKA_BOOTSTRAP": "k:1", "REDIS_URL": "redis://r"}).require_cluster() == \
         ("k:1", "redis://r")
+
+
+def test_a_worker_whose_topics_cannot_carry_an_accepted_record_is_refused() -> None:
+    from streams.settings import FORWARD_HEADROOM
+
+    settings = StreamSettings.from_env({"FLUXSCORE_MAX_MESSAGE_BYTES": "1048576"})
+    settings.check_limits(1_048_576 - FORWARD_HEADROOM)  # the default record limit fits with room to spare
+    small = StreamSettings.from_env({"FLUXSCORE_MAX_MESSAGE_BYTES": "262144"})
+    with pytest.raises(StreamSettingsError, match=r"FLUXSCORE_MAX_RECORD_BYTES \(900000\) must be at most") as info:
+        small.check_limits(900_000)
+    assert info.value.variable == "FLUXSCORE_MAX_RECORD_BYTES"
