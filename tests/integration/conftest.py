@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,20 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"no {msg!r} in the worker log within {timeout} s:\n{self.tail()}")
 
+    def wait_for_partitions(self, topic: str, timeout: float = 90.0) -> list[str]:
+        """Wait until the worker logs an assignment with partitions of ``topic`` (it joined and serves it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_lines():
+                if line.get("msg") == "partitions assigned":
+                    mine = [p for p in line.get("partitions", []) if p.rsplit(":", 1)[0] == topic]
+                    if mine:
+                        return mine
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.tail()}")
+            time.sleep(0.2)
+        raise AssertionError(f"no partitions of {topic} assigned within {timeout} s:\n{self.tail()}")
+
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
@@ -191,6 +207,7 @@ class Collected:
     records: dict[bytes, list[bytes]] = field(default_factory=dict)  # by record key
     dead: list[Any] = field(default_factory=list)
     kafka_keys: dict[bytes, bytes] = field(default_factory=dict)  # record key -> the message's Kafka key
+    headers: dict[bytes, dict[str, bytes]] = field(default_factory=dict)  # record key -> its last headers
 
     @property
     def pairs(self) -> set[tuple[str, str]]:
@@ -230,6 +247,7 @@ async def _collect(bootstrap: str, scores: str, dlq: str, done: Callable[[Collec
                         assert key is not None and msg.key is not None
                         got.records.setdefault(key, []).append(msg.value)
                         got.kafka_keys[key] = msg.key
+                        got.headers[key] = dict(msg.headers or [])
     finally:
         await consumer.stop()
     return got
@@ -247,6 +265,56 @@ def produce_lines(env: StreamEnv, lines: list[bytes], path: Path) -> int:
 
     path.write_bytes(b"\n".join(lines) + b"\n")
     return asyncio.run(produce_file(path, env.bootstrap, env.topic("articles.raw"), max_batch_bytes=1))
+
+
+@dataclass
+class BackgroundProducer:
+    """:func:`produce_lines` running in a thread at a fixed rate, so articles keep arriving while a test
+    injects faults (a worker killed between two batches of a drained topic would prove little)."""
+
+    thread: threading.Thread
+    outcome: list[int | BaseException] = field(default_factory=list)
+
+    def join(self, timeout: float = 120.0) -> int:
+        """Wait for the last article to be acknowledged; re-raise what the producer raised."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"the producer did not finish within {timeout} s"
+        (result,) = self.outcome
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+def produce_lines_paced(env: StreamEnv, lines: list[bytes], path: Path, rate: float) -> BackgroundProducer:
+    """Start producing ``lines`` to ``articles.raw`` at ``rate`` messages/s in the background."""
+    from streams.cli import produce_file
+
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    outcome: list[int | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(produce_file(path, env.bootstrap, env.topic("articles.raw"), rate=rate,
+                                                    max_batch_bytes=1)))
+        except BaseException as exc:  # handed to join(), which raises it in the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="paced-producer", daemon=True)
+    thread.start()
+    return BackgroundProducer(thread, outcome)
+
+
+@contextmanager
+def stopped(proc: subprocess.Popen[bytes] | None) -> Iterator[None]:
+    """SIGSTOP ``proc`` for the ``with`` block, SIGCONT it however the block ends: a frozen process keeps its
+    sockets open but answers nothing, like a broker in a long GC pause or a VM being live-migrated. A
+    failing test must never leave the session's shared broker frozen for the tests after it."""
+    assert proc is not None and proc.poll() is None, "the process to pause is not running"
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
 
 
 def synthetic_articles(n: int, seed: int = 7) -> list[bytes]:
