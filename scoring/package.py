@@ -514,11 +514,23 @@ def load_package(path: Path) -> FilterPackage:
     return FilterPackage(config=config, path=path)
 
 
-def search_roots(extra: tuple[Path, ...] = ()) -> list[Path]:
-    env = os.environ.get("FLUXSCORE_FILTERS_PATH", "")
-    roots = [*extra, *(Path(p) for p in env.split(os.pathsep) if p), BUNDLED_ROOT]
+def search_roots(filters_path: Sequence[Path] | None = None) -> list[Path]:
+    """Where packages are looked up, in order: the extra roots, then the bundled ``filters/``.
+
+    The one definition every caller uses (pipeline load, hot reload, the shadow role, the CLI,
+    training): extra roots (``FLUXSCORE_FILTERS_PATH``; the settings' value when ``filters_path`` is
+    None) are searched *before* the bundled packages, never instead of them.
+
+    >>> from pathlib import Path
+    >>> search_roots([Path("/srv/filters")]) == [Path("/srv/filters"), BUNDLED_ROOT]
+    True
+    """
+    if filters_path is None:
+        from scoring.settings import ScoringSettings
+
+        filters_path = ScoringSettings.from_env().filters_path
     seen: list[Path] = []
-    for root in roots:
+    for root in [*(Path(p).expanduser() for p in filters_path), BUNDLED_ROOT]:
         if root not in seen:
             seen.append(root)
     return seen
@@ -531,10 +543,11 @@ def _version_key(version: str) -> tuple[Any, ...]:
     return tuple(parts)
 
 
-def available(roots: list[Path] | None = None) -> dict[str, list[Path]]:
-    """Filter name -> package directories (newest version last) found under the search roots."""
+def available(roots: Sequence[Path] | None = None) -> dict[str, list[Path]]:
+    """Filter name -> package directories (newest version last) found under ``roots`` (a list from
+    :func:`search_roots`; default: the configured one)."""
     found: dict[str, list[Path]] = {}
-    for root in roots or search_roots():
+    for root in search_roots() if roots is None else roots:
         if not root.is_dir():
             continue
         for config_file in sorted(root.glob(f"*/*/{CONFIG_NAME}")):
@@ -548,12 +561,13 @@ def available(roots: list[Path] | None = None) -> dict[str, list[Path]]:
     return found
 
 
-def resolve(ref: str, roots: list[Path] | None = None) -> FilterPackage:
+def resolve(ref: str, roots: Sequence[Path] | None = None) -> FilterPackage:
     """Resolve ``name``, ``name@version`` or a package directory to a loaded package."""
     candidate = Path(ref).expanduser()
     if candidate.exists() and (candidate.is_dir() or candidate.name == CONFIG_NAME):
         return load_package(candidate)
     name, _, version = ref.partition("@")
+    roots = search_roots() if roots is None else list(roots)
     packages = available(roots).get(name)
     if not packages:
         known = ", ".join(sorted(available(roots))) or "none"
@@ -573,10 +587,11 @@ def resolve(ref: str, roots: list[Path] | None = None) -> FilterPackage:
     return package
 
 
-def resolve_many(refs: str | list[str], roots: list[Path] | None = None) -> list[FilterPackage]:
+def resolve_many(refs: str | Sequence[str], roots: Sequence[Path] | None = None) -> list[FilterPackage]:
     items = [r.strip() for r in (refs.split(",") if isinstance(refs, str) else refs) if r.strip()]
     if not items:
         raise PackageNotFoundError("no filter named")
+    roots = search_roots() if roots is None else list(roots)
     packages = [resolve(r, roots) for r in items]
     names = [p.name for p in packages]
     if len(set(names)) != len(names):

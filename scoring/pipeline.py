@@ -27,7 +27,7 @@ from scoring.calibration import Calibration
 from scoring.commerce import CommerceDetector, CommerceEvidence
 from scoring.embedding import Embedder, EmbeddingStore, encode_cached, load_embedder
 from scoring.exceptions import PackageError, ScoringError
-from scoring.package import FilterConfig, FilterPackage, resolve_many
+from scoring.package import FilterConfig, FilterPackage, resolve_many, search_roots
 from scoring.prefilter import Prefilter
 from scoring.probe import Probe
 from scoring.records import (
@@ -166,6 +166,8 @@ class Pipeline:
     # The development override (FLUXSCORE_ALLOW_UNVERIFIED_MODELS): serve packages whose files do not match
     # their export manifest. Off, every package is verified before any of its model files is opened.
     allow_unverified: bool = False
+    # The package search roots this pipeline was loaded from: hot reload resolves new versions there too.
+    roots: list[Path] = field(default_factory=list)
 
     @classmethod
     def load(cls, refs: str | Sequence[str] | Sequence[FilterPackage], *,
@@ -176,7 +178,7 @@ class Pipeline:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        roots = list(settings.filters_path) or None
+        roots = search_roots(settings.filters_path)
         if isinstance(refs, str):
             packages = resolve_many(refs, roots)
         else:
@@ -185,7 +187,8 @@ class Pipeline:
         detector = (CommerceDetector.load(settings.commerce_package, verify=True, allow_unverified=unverified)
                     if commerce else None)
         pipeline = cls(filters={}, commerce=detector, device=device, stage1_batch=settings.stage1_batch,
-                       stage2_batch=settings.stage2_batch, load_students=students, allow_unverified=unverified)
+                       stage2_batch=settings.stage2_batch, load_students=students, allow_unverified=unverified,
+                       roots=roots)
         for package in packages:
             pipeline.add(package)
         return pipeline

@@ -37,7 +37,9 @@ class Reloader:
         ready: list[FilterPackage] = []
         for ref in self.refs:
             try:
-                package = resolve(ref)
+                # The roots the worker loaded from, not a fresh look at the environment: a reload must
+                # see exactly the packages the first load could.
+                package = resolve(ref, self.pipeline.roots or None)
                 digest = package.package_hash
             except (FluxscoreError, OSError) as exc:
                 log.warning("cannot resolve filter for reload", extra={"ref": ref, "error": str(exc)})

@@ -22,7 +22,7 @@ import orjson
 
 from scoring.article import Article, Limits, parse_article
 from scoring.isolate import isolate
-from scoring.package import resolve
+from scoring.package import resolve, search_roots
 from scoring.pipeline import Pipeline
 from scoring.records import ScoreRecord
 from scoring.settings import ScoringSettings
@@ -112,8 +112,9 @@ def load_pipelines(settings: StreamSettings, scoring: ScoringSettings) -> tuple[
     if not settings.shadow_filters:
         raise StreamSettingsError("the shadow role needs FLUXSCORE_SHADOW_FILTERS (e.g. demo@1.1.0)",
                                   variable="FLUXSCORE_SHADOW_FILTERS")
-    shadow_packages = [resolve(ref) for ref in settings.shadow_filters]
-    live_by_name = {resolve(ref).name: ref for ref in settings.filters}
+    roots = search_roots(scoring.filters_path)
+    shadow_packages = [resolve(ref, roots) for ref in settings.shadow_filters]
+    live_by_name = {resolve(ref, roots).name: ref for ref in settings.filters}
     missing = [p.name for p in shadow_packages if p.name not in live_by_name]
     if missing:
         raise StreamSettingsError(f"shadow filters {missing} have no live version in FLUXSCORE_FILTERS",

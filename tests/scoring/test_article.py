@@ -1,4 +1,3 @@
-import doctest
 import json
 
 import orjson
@@ -6,7 +5,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import scoring.article
 from scoring.article import Article, Limits, clean_surrogates, parse_article
 from scoring.exceptions import ArticleValidationError, FluxscoreError
 from scoring.pipeline import Screened
@@ -84,10 +82,6 @@ def test_article_is_frozen() -> None:
 
 
 # -- hostile records (the [hardening] findings) ------------------------------------------------------
-
-def test_doctests() -> None:
-    assert doctest.testmod(scoring.article).failed == 0
-
 
 @pytest.mark.parametrize("as_list", [False, True])
 @pytest.mark.parametrize("where", ["metadata", "tags", "extra"])
