@@ -108,9 +108,10 @@ def run(data_path: Path, *, folds: int = 5, seed: int = 0, target: float = 0.02,
         embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2", text_prefix: str = "", head: int = 128,
         tail: int = 64, device: str = "cpu", cache_dir: Path | None = None, student_epochs: int = 3,
         inner_folds: int = 5) -> dict[str, Any]:
-    from scoring.embedding import load_embedder
+    from scoring.embcache import DiskEmbeddingStore
+    from scoring.embedding import EmbeddingKey, embed, load_embedder
     from training.crossfit import crossfit_probe
-    from training.probe import ORIGINAL_RECIPE, EmbeddingCache, embed_with_cache, train_probe
+    from training.probe import ORIGINAL_RECIPE, train_probe
     from training.steps import default_cache_dir
 
     dims, found_name = infer_dimensions(data_path)
@@ -126,9 +127,9 @@ def run(data_path: Path, *, folds: int = 5, seed: int = 0, target: float = 0.02,
                   f"(equal weights, MEDIUM ≥ {config.tiers.medium}); {folds}-fold CV, seed {seed}")
 
     started = time.monotonic()
-    embedder = load_embedder(embedding_model, device)
-    texts = [text_prefix + t for t in data.texts]
-    emb = embed_with_cache(embedder, texts, EmbeddingCache(cache_dir or default_cache_dir()), head=head, tail=tail)
+    key = EmbeddingKey(embedding_model, text_prefix, head, tail)  # as a package with these settings serves
+    emb = embed(load_embedder(key.model, device), key, data.texts,
+                store=DiskEmbeddingStore(cache_dir or default_cache_dir()))
     fold = _fold_ids(data, groups, config, folds, seed)
     n, d = target_scores.shape
     preds = {key: np.zeros((n, d)) for key in ("ours", "original", "mean", "student")}

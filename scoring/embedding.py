@@ -14,13 +14,56 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from scoring.models import hub_offline, load_error, resolve_model_ref
 from scoring.text import encode_head_tail
+
+if TYPE_CHECKING:
+    from scoring.commerce import CommerceConfig
+    from scoring.package import FilterConfig
+
+
+class EmbeddingKey(NamedTuple):
+    """Everything that decides a stage-1 embedding besides the article: encoder, text prefix, head+tail cut.
+
+    Serving, training, the commerce classifier and the benchmarks all build their encoder input from one
+    of these (:meth:`inputs`, :func:`embed`), so a probe is never trained on a text that serving would
+    prepare differently. Filters with equal keys share one embedding per article.
+
+    >>> key = EmbeddingKey("intfloat/multilingual-e5-small", "passage: ", 128, 64)
+    >>> key.inputs(["Title\\n\\nBody"])
+    ['passage: Title\\n\\nBody']
+    """
+
+    model: str
+    prefix: str
+    head: int
+    tail: int
+
+    @classmethod
+    def of(cls, config: FilterConfig) -> EmbeddingKey:
+        """The key of a filter package's probe."""
+        return cls(config.stage1.embedding_model, config.stage1.text_prefix, config.preprocessing.head_tokens,
+                   config.preprocessing.tail_tokens)
+
+    @classmethod
+    def of_commerce(cls, config: CommerceConfig) -> EmbeddingKey:
+        """The key the commerce classifier was trained on."""
+        return cls(config.embedding_model, config.text_prefix, config.head_tokens, config.tail_tokens)
+
+    def inputs(self, texts: Sequence[str]) -> list[str]:
+        """The encoder's input for each article text (:func:`scoring.text.article_text`)."""
+        return [self.prefix + t for t in texts] if self.prefix else list(texts)
+
+
+def embed(embedder: Embedder, key: EmbeddingKey, texts: Sequence[str], batch_size: int = 64,
+          store: EmbeddingStore | None = None) -> np.ndarray:
+    """The stage-1 embedding of article texts exactly as serving computes it (training calls this too)."""
+    return encode_cached(embedder, key.inputs(texts), store, head=key.head, tail=key.tail, batch_size=batch_size)
 
 
 class EmbeddingStore(Protocol):

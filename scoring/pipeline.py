@@ -16,7 +16,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,9 +24,9 @@ from scoring.aggregate import PercentileNormalizer, aggregate
 from scoring.article import Article
 from scoring.calibration import Calibration
 from scoring.commerce import CommerceDetector, CommerceEvidence
-from scoring.embedding import Embedder, EmbeddingStore, encode_cached, load_embedder
+from scoring.embedding import EmbeddingKey, EmbeddingStore, embed, load_embedder
 from scoring.exceptions import PackageError, ScoringError
-from scoring.package import FilterConfig, FilterPackage, resolve_many, search_roots
+from scoring.package import FilterPackage, resolve_many, search_roots
 from scoring.prefilter import Prefilter
 from scoring.probe import Probe
 from scoring.records import (
@@ -42,27 +41,6 @@ from scoring.records import (
 from scoring.settings import ScoringSettings, resolve_device
 from scoring.student import StudentPool
 from scoring.text import article_text
-
-
-class EmbeddingKey(NamedTuple):
-    """What makes two filters' embeddings of one article identical, and so shareable."""
-
-    model: str
-    prefix: str
-    head: int
-    tail: int
-
-    @classmethod
-    def of(cls, config: FilterConfig) -> EmbeddingKey:
-        return cls(config.stage1.embedding_model, config.stage1.text_prefix, config.preprocessing.head_tokens,
-                   config.preprocessing.tail_tokens)
-
-
-def embed(embedder: Embedder, key: EmbeddingKey, texts: Sequence[str], batch_size: int,
-          store: EmbeddingStore | None = None) -> np.ndarray:
-    """The stage-1 embedding of texts exactly as serving computes it (training calls this too)."""
-    inputs = [key.prefix + t for t in texts] if key.prefix else list(texts)
-    return encode_cached(embedder, inputs, store, head=key.head, tail=key.tail, batch_size=batch_size)
 
 
 def _ms(start: float) -> float:
@@ -264,8 +242,7 @@ class Pipeline:
     def _commerce_key(self) -> EmbeddingKey:
         """The embedding the commerce classifier was trained on: shared when a filter's key is equal."""
         assert self.commerce is not None
-        cfg = self.commerce.config
-        return EmbeddingKey(cfg.embedding_model, cfg.text_prefix, cfg.head_tokens, cfg.tail_tokens)
+        return EmbeddingKey.of_commerce(self.commerce.config)
 
     def probe(self, screened: Sequence[Screened]) -> tuple[list[ScoreRecord], list[Escalation]]:
         """Embed once, classify commerce, run every open filter's probe; route final or escalate."""

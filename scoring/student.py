@@ -80,6 +80,35 @@ def head_name(model: nn.Module) -> str:
     raise ModelLoadError(f"{type(model).__name__} has no linear output layer named {' or '.join(HEAD_NAMES)}")
 
 
+def load_base(base_ref: str, *, num_labels: int, dtype: torch.dtype,
+              problem_type: str | None = None) -> tuple[Any, Any, int]:
+    """Tokenizer, sequence-classification model and pad id of a student base: the one loader serving
+    (:class:`StudentPool`) and training (``training.student``) share, so both read a base the same way.
+
+    ``base_ref`` is a hub id or a local path (``resolve_model_ref``); offline, hub ids must be cached.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_ref(base_ref)
+    verbosity = hf_logging.get_verbosity()
+    # The base's own head is replaced (serving: each adapter brings its own; training: a new one), so the
+    # "newly initialised weights" report transformers prints on load is noise here.
+    hf_logging.set_verbosity_error()
+    extra = {"problem_type": problem_type} if problem_type else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=dtype, local_files_only=hub_offline(), **extra)
+    except Exception as exc:
+        raise load_error(base_ref, "stage-2 base model", exc) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    pad = pad_id_of(tokenizer)
+    model.config.pad_token_id = pad
+    return tokenizer, model, pad
+
+
 def split_adapter_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
                                                                   dict[str, torch.Tensor]]:
     """(LoRA weights, head weights keyed ``weight``/``bias``) of a saved SEQ_CLS adapter."""
@@ -235,24 +264,7 @@ class StudentPool:
         base = self._bases.get(base_ref)
         if base is not None:
             return base
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        path = resolve_model_ref(base_ref)
-        verbosity = hf_logging.get_verbosity()
-        # The base's own head is never used (each adapter brings its own), so the "newly initialised
-        # weights" report transformers prints on load is noise here.
-        hf_logging.set_verbosity_error()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, dtype=self.dtype, local_files_only=hub_offline())
-        except Exception as exc:
-            raise load_error(base_ref, "stage-2 base model", exc) from exc
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        pad = pad_id_of(tokenizer)
-        model.config.pad_token_id = pad
+        tokenizer, model, pad = load_base(base_ref, num_labels=1, dtype=self.dtype)
         model.to(self.device).eval()
         base = _Base(ref=base_ref, model=model, tokenizer=tokenizer, pad_id=pad, head_attr=head_name(model))
         self._bases[base_ref] = base

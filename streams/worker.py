@@ -79,7 +79,7 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
     for filter_name in pipeline.filters:
         topics.scores(filter_name)  # validates the name against the reserved 'all'
     if settings.embedding_cache_ttl and "probe" in settings.roles:
-        from streams.embcache import RedisEmbeddingStore
+        from scoring.embcache import RedisEmbeddingStore
 
         pipeline.embedding_store = RedisEmbeddingStore.from_url(
             redis_url, prefix=settings.redis_prefix, ttl=settings.embedding_cache_ttl,

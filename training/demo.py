@@ -100,11 +100,11 @@ def fit_demo_commerce(records: list[dict[str, Any]], detector_dir: Path, work: W
                       seed: int = 0, progress: ProgressFn = _quiet) -> dict[str, Any]:
     """Fit the universal commerce classifier on synthetic commerce items against synthetic news."""
     from scoring.commerce import load_config as load_commerce_config
-    from scoring.embedding import load_embedder
+    from scoring.embcache import DiskEmbeddingStore
+    from scoring.embedding import EmbeddingKey, embed, load_embedder
     from scoring.text import article_text
     from training.commerce import fit_commerce
     from training.export import write_commerce_manifest
-    from training.probe import EmbeddingCache, embed_with_cache
 
     originals = [r for r in records if r["truth"]["near_duplicate_of"] is None]
     articles = [validate_article(strip_labels(r)) for r in originals]
@@ -112,9 +112,9 @@ def fit_demo_commerce(records: list[dict[str, Any]], detector_dir: Path, work: W
     config = load_commerce_config(detector_dir)
     # Exactly the cut commerce.yaml names, which the pipeline encodes for the detector (the demo filters
     # use the same one, so serving shares their embedding).
-    embedder = load_embedder(config.embedding_model, device)
-    emb = embed_with_cache(embedder, [config.text_prefix + article_text(a) for a in articles],
-                           EmbeddingCache(work.cache_dir), head=config.head_tokens, tail=config.tail_tokens)
+    key = EmbeddingKey.of_commerce(config)
+    emb = embed(load_embedder(key.model, device), key, [article_text(a) for a in articles],
+                store=DiskEmbeddingStore(work.cache_dir))
     metrics = fit_commerce(articles, labels, np.asarray(emb), detector_dir, seed=seed)
     # Serving verifies the detector's files against this manifest: write it for the classifier just fitted.
     write_commerce_manifest(detector_dir)

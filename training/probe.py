@@ -11,20 +11,15 @@ the original recipe is small (validation MAE ~1% lower, 4-5x faster); measure on
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
 from torch import nn
 
-from scoring.embedding import Embedder, cache_key, encode_cached
 from scoring.probe import SCORE_RANGE, Probe, ProbeNet
 from training.exceptions import TrainingDataError
 
@@ -204,60 +199,3 @@ def _fit(net: ProbeNet, recipe: ProbeRecipe, xt: np.ndarray, yt: np.ndarray, wt:
     net.load_state_dict(best_state)
     return {"train_loss": train_loss, "val_loss": val_loss, "val_mae": val_mae, "best_epoch": best[1],
             "best_val_mae": best[0], "epochs_run": len(train_loss)}
-
-
-class EmbeddingCache:
-    """Embeddings on disk keyed by (model ref, head, tail, max length, sha256 of the text).
-
-    Each :meth:`put` writes one safetensors shard (``keys`` as raw 32-byte digests, ``embeddings``);
-    shards are written atomically and never rewritten, so concurrent writers only add files.
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        self._index: dict[bytes, np.ndarray] | None = None
-        self._seen: set[str] = set()
-
-    key = staticmethod(cache_key)
-
-    def _load(self) -> dict[bytes, np.ndarray]:
-        if self._index is None:
-            self._index = {}
-        if self.directory.is_dir():
-            for shard in sorted(self.directory.glob("*.safetensors")):
-                if shard.name in self._seen:
-                    continue
-                data = load_file(str(shard))
-                for digest, row in zip(data["keys"], data["embeddings"], strict=True):
-                    self._index[digest.tobytes()] = row
-                self._seen.add(shard.name)
-        return self._index
-
-    def get_many(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
-        index = self._load()
-        return [index.get(k) for k in keys]
-
-    def put_many(self, keys: Sequence[bytes], embeddings: np.ndarray) -> None:
-        if not keys:
-            return
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if emb.shape[0] != len(keys):
-            raise ValueError(f"{len(keys)} keys for {emb.shape[0]} embeddings")
-        key_arr = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32).copy()
-        name = hashlib.sha256(key_arr.tobytes()).hexdigest()[:24] + ".safetensors"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{name}.{os.getpid()}.tmp"
-        save_file({"keys": key_arr, "embeddings": emb}, str(tmp))
-        os.replace(tmp, self.directory / name)
-        index = self._load()
-        for k, row in zip(keys, emb, strict=True):
-            index[k] = row
-
-    def __len__(self) -> int:
-        return len(self._load())
-
-
-def embed_with_cache(embedder: Embedder, texts: Sequence[str], cache: EmbeddingCache, *, head: int, tail: int,
-                     batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
-    """Embeddings of ``texts``, encoding only those not already in ``cache`` (and storing them)."""
-    return encode_cached(embedder, texts, cache, head=head, tail=tail, batch_size=batch_size, max_length=max_length)

@@ -99,20 +99,19 @@ def run_prepare(data: Path, package: FilterPackage, work: Workspace, *, fraction
 def embed(package: FilterPackage, texts: Sequence[str], work: Workspace, *, device: str = "cpu",
           progress: ProgressFn = _quiet, chunk: int = 256) -> np.ndarray:
     """Stage-1 embeddings of ``texts`` as the pipeline makes them, through the on-disk cache."""
-    from scoring.embedding import load_embedder
-    from training.probe import EmbeddingCache, embed_with_cache
+    from scoring.embcache import DiskEmbeddingStore
+    from scoring.embedding import EmbeddingKey, load_embedder
+    from scoring.embedding import embed as stage1_embed
 
     cfg = package.config
-    embedder = load_embedder(cfg.stage1.embedding_model, device)
-    cache = EmbeddingCache(work.cache_dir)
-    # The prefix (e5's "query: ") is part of what serving encodes, so it is part of the cache key too.
-    texts = [cfg.stage1.text_prefix + t for t in texts] if cfg.stage1.text_prefix else list(texts)
+    key = EmbeddingKey.of(cfg)  # the one definition of the encoder input, shared with serving
+    embedder = load_embedder(key.model, device)
+    cache = DiskEmbeddingStore(work.cache_dir)
     parts = []
     label = f"embedding ({cfg.stage1.embedding_model})"
     progress(label, 0, len(texts))
     for start in range(0, len(texts), chunk):
-        parts.append(embed_with_cache(embedder, texts[start:start + chunk], cache,
-                                      head=cfg.preprocessing.head_tokens, tail=cfg.preprocessing.tail_tokens))
+        parts.append(stage1_embed(embedder, key, texts[start:start + chunk], store=cache))
         progress(label, min(start + chunk, len(texts)), len(texts))
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
@@ -442,22 +441,24 @@ def holdout_estimates(package: FilterPackage, data: LabelledSet, raw: np.ndarray
 def measure_cost_ratio(package: FilterPackage, texts: Sequence[str], work: Workspace, *,
                        device: str = "cpu") -> float | None:
     """Stage-1 (embed + probe) over stage-2 seconds per article, timed here on ``texts``."""
-    from scoring.embedding import load_embedder
+    from scoring.embedding import EmbeddingKey, load_embedder
+    from scoring.embedding import embed as stage1_embed
     from scoring.probe import Probe
     from scoring.student import StudentPool
 
     cfg = package.config
     if cfg.stage2 is None or not package.file(cfg.stage2.adapter).is_dir() or not texts:
         return None
-    sample = [cfg.stage1.text_prefix + t for t in texts[:64]]
+    key = EmbeddingKey.of(cfg)
+    sample = list(texts[:64])  # article texts: the student reads them as they are, the encoder with its prefix
     embedder = load_embedder(cfg.stage1.embedding_model, device)
     probe = Probe.load(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta))
     pool = StudentPool(device=device, batch_size=16)
     pool.register(package)
-    embedder.encode(sample[:4], head=cfg.preprocessing.head_tokens, tail=cfg.preprocessing.tail_tokens)
+    stage1_embed(embedder, key, sample[:4])
     pool.predict(package.ref, sample[:4])
     t0 = time.perf_counter()
-    probe.predict(embedder.encode(sample, head=cfg.preprocessing.head_tokens, tail=cfg.preprocessing.tail_tokens))
+    probe.predict(stage1_embed(embedder, key, sample))
     t1 = time.perf_counter()
     pool.predict(package.ref, sample)
     t2 = time.perf_counter()

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scoring.models import hub_offline, load_error, resolve_model_ref
-from scoring.student import head_name, model_max_length, pad_batch, pad_id_of
+from scoring.student import head_name, load_base, model_max_length, pad_batch
 from scoring.text import encode_head_tail
 from training.exceptions import TrainingDataError
 
@@ -170,24 +169,10 @@ def train_student(texts: Sequence[str], targets: Any, dimensions: Sequence[str],
 def _build(base_model: str, dims: list[str], recipe: StudentRecipe, ty: np.ndarray, tw: np.ndarray,
            device: str) -> tuple[Any, Any, int, int]:
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    path = resolve_model_ref(base_model)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "head newly initialised" report is expected here
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
-        # Master weights in fp32 on every device; bf16 comes from autocast on CUDA.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(dims), problem_type="regression", dtype=torch.float32,
-            local_files_only=hub_offline())
-    except Exception as exc:
-        raise load_error(base_model, "stage-2 base model", exc) from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    pad_id = pad_id_of(tokenizer)
-    model.config.pad_token_id = pad_id
+    # Master weights in fp32 on every device; bf16 comes from autocast on CUDA.
+    tokenizer, model, pad_id = load_base(base_model, num_labels=len(dims), dtype=torch.float32,
+                                         problem_type="regression")
     head = getattr(model, head_name(model))
     if head.bias is not None:
         # Start at the mean score so the first steps learn structure rather than the offset.

@@ -10,9 +10,10 @@ import yaml
 
 from scoring.article import Article
 from scoring.calibration import Calibration, IsotonicMap
+from scoring.embedding import EmbeddingKey, embed
 from scoring.exceptions import PackageError, ScoringError
 from scoring.package import load_package
-from scoring.pipeline import EmbeddingKey, Escalation, Pipeline, Screened, embed
+from scoring.pipeline import Escalation, Pipeline, Screened
 from scoring.records import StageUsed
 from tests.conftest import student_package, toy_texts, train_tiny_student
 from training.export import write_manifest
@@ -167,7 +168,7 @@ def test_commerce_sees_the_window_it_was_trained_on(packages: Path) -> None:
     pipeline = load(packages, alpha=10.0)
     assert pipeline.commerce is not None
     cfg = pipeline.commerce.config
-    key = EmbeddingKey(cfg.embedding_model, cfg.text_prefix, cfg.head_tokens, cfg.tail_tokens)
+    key = EmbeddingKey.of_commerce(cfg)
     assert key not in {f.embedding_key for f in pipeline.filters.values()}
     batch = articles(4)
     _, screened = pipeline.screen(batch)

@@ -3,10 +3,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scoring.embedding import Embedder, load_embedder
+from scoring.embcache import DiskEmbeddingStore
+from scoring.embedding import Embedder, encode_cached, load_embedder
 from scoring.probe import Probe
 from training.exceptions import TrainingDataError
-from training.probe import EmbeddingCache, ProbeRecipe, embed_with_cache, split_indices, train_probe
+from training.probe import ProbeRecipe, split_indices, train_probe
 
 
 def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,16 +100,16 @@ def test_embedding_cache_encodes_each_text_once(tmp_path: Path, minilm_path: Pat
     real = load_embedder("all-MiniLM-L6-v2")
     embedder = CountingEmbedder(real.model, real.model_ref)
     texts = ["First article.", "Second article.", "First article."]
-    cache = EmbeddingCache(tmp_path / "cache")
-    first = embed_with_cache(embedder, texts, cache, head=64, tail=0)
+    cache = DiskEmbeddingStore(tmp_path / "cache")
+    first = encode_cached(embedder, texts, cache, head=64, tail=0)
     assert embedder.encoded == 2  # the repeated text is encoded once
     np.testing.assert_allclose(first, real.encode(texts, head=64, tail=0), atol=1e-6)
     # A fresh cache object on the same directory finds everything on disk.
-    reopened = EmbeddingCache(tmp_path / "cache")
-    again = embed_with_cache(embedder, [*texts, "Third article."], reopened, head=64, tail=0)
+    reopened = DiskEmbeddingStore(tmp_path / "cache")
+    again = encode_cached(embedder, [*texts, "Third article."], reopened, head=64, tail=0)
     assert embedder.encoded == 3 and len(reopened) == 3
     np.testing.assert_array_equal(again[:3], first)
     # Other truncation settings are other keys.
-    embed_with_cache(embedder, texts[:1], reopened, head=32, tail=8)
+    encode_cached(embedder, texts[:1], reopened, head=32, tail=8)
     assert embedder.encoded == 4
     assert all(p.suffix == ".safetensors" for p in (tmp_path / "cache").iterdir())

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from scoring.embedding import load_embedder
+from scoring.embedding import EmbeddingKey, embed, load_embedder
 from scoring.package import load_package
-from scoring.pipeline import EmbeddingKey, embed
 from training.export import scaffold_config
 from training.steps import Workspace
 from training.steps import embed as train_embed

@@ -1,4 +1,4 @@
-"""The Redis embedding cache against a real redis-server: hits skip the encoder, an outage only costs time."""
+"""The Redis embedding store against a real redis-server: hits skip the encoder, an outage only costs time."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from scoring.article import Article
+from scoring.embcache import RedisEmbeddingStore
 from scoring.embedding import Embedder, encode_cached, load_embedder
 from scoring.pipeline import Pipeline
-from streams.embcache import RedisEmbeddingStore
 from streams.embedded import EmbeddedRedis
-from tests.integration.conftest import redis_url
+from tests.integration.conftest import redis_server, redis_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+__all__ = ["redis_server"]  # the session's real redis-server fixture
 _n = itertools.count()
 
 
