@@ -102,6 +102,6 @@ class ScoringError(FluxscoreError):
 class SettingsError(FluxscoreError):
     """An environment variable holds a value that cannot be used; ``variable`` names it."""
 
-    def __init__(self, message: str, *, variable: str | None = None) -> None:
-        super().__init__(message, variable=variable)
+    def __init__(self, message: str, *, variable: str | None = None, **context: Any) -> None:
+        super().__init__(message, variable=variable, **context)
         self.variable = variable

@@ -57,7 +57,7 @@ class FluxscoreSettings(BaseSettings):
     """Base of every settings class: ``FLUXSCORE_`` variables, frozen, errors as :class:`SettingsError`."""
 
     model_config = SettingsConfigDict(env_prefix="FLUXSCORE_", frozen=True, extra="ignore", env_ignore_empty=True,
-                                      case_sensitive=False, validate_default=True)
+                                      case_sensitive=False, validate_default=True, populate_by_name=True)
     # Shown in the generated variable table above this class's rows.
     doc_title: ClassVar[str] = ""
     # A subsystem may raise its own subclass (it is still a SettingsError).
@@ -77,25 +77,29 @@ class FluxscoreSettings(BaseSettings):
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, _EnvSource(settings_cls)
 
+    def __init__(self, **values: Any) -> None:
+        # Direct construction (tests, command-line overrides) reports bad values as the environment does.
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _settings_error(type(self), exc) from None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
-        """Read the process environment (or ``env`` alone, when given) once; bad values name their variable."""
+        """Read the process environment (or ``env`` alone, when given) once; bad values name their variable.
+
+        ``overrides`` (e.g. command-line options) win over the environment; ``None`` ones are ignored.
+        """
         token = _ENV.set(dict(env) if env is not None else None)
         try:
-            return cls(**overrides)
-        except ValidationError as exc:
-            raise _settings_error(cls, exc) from None
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
         finally:
             _ENV.reset(token)
 
     def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed, validated like the environment's values."""
-        values = {**self.model_dump(), **changes}
         with _no_env():
-            try:
-                return type(self)(**values)
-            except ValidationError as exc:
-                raise _settings_error(type(self), exc) from None
+            return type(self)(**{**self.model_dump(), **changes})
 
 
 @contextmanager
@@ -182,7 +186,13 @@ def documented_table() -> str:
 
     for name in SETTINGS_MODULES:
         importlib.import_module(name)
-    return settings_table()
+
+    def rank(cls: type[FluxscoreSettings]) -> int:
+        return next(i for i, name in enumerate(SETTINGS_MODULES) if cls.__module__.startswith(name))
+
+    # In the modules' order whatever order they were imported in; classes defined elsewhere (tests) left out.
+    ours = [c for c in FluxscoreSettings.registry if any(c.__module__.startswith(n) for n in SETTINGS_MODULES)]
+    return settings_table(sorted(ours, key=rank))
 
 
 def write_readme_table(readme: Path) -> bool:

@@ -2,15 +2,17 @@
 
 A stage that cannot reach Redis or Kafka must not drop or half-process a batch: it waits, which stops
 its consumer from taking more (backpressure), and carries on where it stopped once the service is back.
+The waiting itself is the project's one retry policy (:mod:`scoring.retry`); this module only names
+the streams' logger and keeps the signature the stores call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+from scoring import retry as policy
 
 T = TypeVar("T")
 log = logging.getLogger("fluxscore.streams.retry")
@@ -20,17 +22,5 @@ async def retry_forever(op: Callable[[], Awaitable[T]], *, retry_on: tuple[type[
                         what: str, max_backoff: float = 5.0, initial: float = 0.05,
                         on_retry: Callable[[BaseException, int], None] | None = None) -> T:
     """Run ``op`` until it succeeds, sleeping with capped, jittered exponential backoff on ``retry_on``."""
-    attempt = 0
-    delay = initial
-    while True:
-        try:
-            return await op()
-        except retry_on as exc:
-            attempt += 1
-            if on_retry is not None:
-                on_retry(exc, attempt)
-            level = logging.WARNING if attempt == 1 or attempt % 20 == 0 else logging.DEBUG
-            log.log(level, "%s unavailable, retrying", what,
-                    extra={"attempt": attempt, "error": f"{type(exc).__name__}: {exc}", "backoff_s": round(delay, 3)})
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(max_backoff, delay * 2)
+    return await policy.retry_forever(op, retry_on=retry_on, what=f"{what} unavailable", initial=initial,
+                                      max_backoff=max_backoff, on_retry=on_retry, logger=log)

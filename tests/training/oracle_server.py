@@ -1,5 +1,7 @@
-"""A small real HTTP server on 127.0.0.1 that speaks the OpenAI chat-completions and Gemini
-generateContent APIs, for testing the oracle client.
+"""A fake of the OpenAI chat-completions and Gemini generateContent APIs, for testing the oracle client,
+served two ways: :class:`OracleServer`, a small real HTTP server on 127.0.0.1 (for what needs real
+sockets: timeouts, redirects, httpcore's own logging, concurrency on the wire), and :class:`MockOracle`,
+an :class:`httpx.MockTransport` for the client to use instead of the network (everything else).
 
 What it answers is chosen by a marker in the article text, ``case:<name> key:<id>``; ``key`` counts
 calls so that cases like "fail once, then succeed" work per article. Every request is recorded with
@@ -8,6 +10,7 @@ its headers, body, and start/end times, and the highest number of requests in fl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -16,6 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+import httpx
 
 MARKER = re.compile(r"case:(\S+) key:(\S+)")
 GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
@@ -49,41 +54,24 @@ class Plan:
     raw_body: dict[str, Any] | None = None
 
 
-class OracleServer:
+class FakeOracle:
+    """The fake API itself: routing, the answer plan per case, the record of requests."""
+
     def __init__(self, api_key: str, *, slow_delay: float = 0.15, hang: float = 1.0) -> None:
         self.api_key = api_key
         self.slow_delay = slow_delay
         self.hang = hang
+        # What a 429 asks the client to wait, in seconds (as the header or Gemini's body says it).
+        self.retry_after = "1"
         self.seen: list[Seen] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                server._handle(self)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> OracleServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        raise NotImplementedError
 
     def calls(self, key: str) -> list[Seen]:
         with self._lock:
@@ -112,9 +100,14 @@ class OracleServer:
         if case == "slow_once":
             return Plan(delay=self.hang) if first else Plan()
         if case == "429_once":
-            return Plan(status=429, headers={"Retry-After": "1"}) if first else Plan()
+            return Plan(status=429, headers={"Retry-After": self.retry_after}) if first else Plan()
+        if case == "429_body_once":  # Gemini's way: no header, a RetryInfo in the error body
+            info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_after}s"}
+            return Plan(status=429, raw_body={"error": {"code": 429, "details": [info]}}) if first else Plan()
         if case == "500_once":
             return Plan(status=500) if first else Plan()
+        if case == "bad_gateway":
+            return Plan(status=502)
         if case == "bad_request":
             return Plan(status=400)
         if case == "revoked":
@@ -139,49 +132,45 @@ class OracleServer:
                                   "usageMetadata": {"promptTokenCount": USAGE_IN}})
         raise AssertionError(f"unknown case {case!r}")
 
-    def _handle(self, req: BaseHTTPRequestHandler) -> None:
+    def begin(self, path: str, query: str, headers: dict[str, str], body: dict[str, Any]
+              ) -> tuple[Seen | None, float, int, dict[str, Any], dict[str, str]]:
+        """Record the request; return it, how long to stall, and the status, payload and headers to send.
+        The transport calls :meth:`end` once the answer is out."""
         started = time.monotonic()
-        parts = urlsplit(req.path)
-        length = int(req.headers.get("Content-Length", "0"))
-        body = json.loads(req.rfile.read(length) or b"{}")
-        headers = {k.lower(): v for k, v in req.headers.items()}
-        if parts.path.endswith("/chat/completions"):
+        headers = {k.lower(): v for k, v in headers.items()}
+        if path.endswith("/chat/completions"):
             api, presented = "openai", headers.get("authorization", "").removeprefix("Bearer ")
             user_text = body["messages"][-1]["content"]
-        elif GEMINI_PATH.match(parts.path):
+        elif GEMINI_PATH.match(path):
             api, presented = "gemini", headers.get("x-goog-api-key", "")
             user_text = body["contents"][-1]["parts"][0]["text"]
         else:
-            self._send(req, 404, {"error": {"message": f"no route {parts.path}"}})
-            return
+            return None, 0.0, 404, {"error": {"message": f"no route {path}"}}, {}
         match = MARKER.search(user_text)
         case, key = match.groups() if match else ("good", "?")
         with self._lock:
             self._counts[key] = count = self._counts.get(key, 0) + 1
-            seen = Seen(api, parts.path, parts.query, headers, body, user_text, case, key, count, started)
+            seen = Seen(api, path, query, headers, body, user_text, case, key, count, started)
             self.seen.append(seen)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            if presented != self.api_key:
-                # Real APIs echo part of a wrong key; echo all of it to prove the client scrubs it.
-                self._send(req, 401, {"error": {"message": f"invalid key {presented}"}})
-                return
-            plan = self._plan(case, count, body, api)
-            if plan.delay:
-                time.sleep(plan.delay)
-            if plan.status != 200:
-                message = f"key {presented} is revoked" if plan.status == 401 else f"status {plan.status}"
-                error = plan.raw_body or {"error": {"message": message}}
-                self._send(req, plan.status, error, plan.headers)
-            elif plan.raw_body is not None:
-                self._send(req, 200, plan.raw_body)
-            else:
-                self._send(req, 200, self._answer(api, body, plan.text))
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-                seen.ended = time.monotonic()
+        if presented != self.api_key:
+            # Real APIs echo part of a wrong key; echo all of it to prove the client scrubs it.
+            return seen, 0.0, 401, {"error": {"message": f"invalid key {presented}"}}, {}
+        plan = self._plan(case, count, body, api)
+        if plan.status != 200:
+            message = f"key {presented} is revoked" if plan.status == 401 else f"status {plan.status}"
+            return seen, plan.delay, plan.status, plan.raw_body or {"error": {"message": message}}, plan.headers
+        if plan.raw_body is not None:
+            return seen, plan.delay, 200, plan.raw_body, {}
+        return seen, plan.delay, 200, self._answer(api, body, plan.text), {}
+
+    def end(self, seen: Seen | None) -> None:
+        if seen is None:
+            return
+        with self._lock:
+            self.in_flight -= 1
+            seen.ended = time.monotonic()
 
     @staticmethod
     def _answer(api: str, body: dict[str, Any], text: str) -> dict[str, Any]:
@@ -198,6 +187,51 @@ class OracleServer:
                                   "thoughtsTokenCount": USAGE_THINKING,
                                   "totalTokenCount": USAGE_IN + USAGE_OUT + USAGE_THINKING}}
 
+
+
+class OracleServer(FakeOracle):
+    """The fake on a real HTTP server at 127.0.0.1 (an ephemeral port)."""
+
+    def __init__(self, api_key: str, *, slow_delay: float = 0.15, hang: float = 1.0) -> None:
+        super().__init__(api_key, slow_delay=slow_delay, hang=hang)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                server._handle(self)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> OracleServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _handle(self, req: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(req.path)
+        length = int(req.headers.get("Content-Length", "0"))
+        body = json.loads(req.rfile.read(length) or b"{}")
+        seen, delay, status, payload, headers = self.begin(parts.path, parts.query, dict(req.headers.items()), body)
+        try:
+            if delay:
+                time.sleep(delay)
+            self._send(req, status, payload, headers)
+        finally:
+            self.end(seen)
+
     @staticmethod
     def _send(req: BaseHTTPRequestHandler, status: int, payload: dict[str, Any],
               headers: dict[str, str] | None = None) -> None:
@@ -212,3 +246,29 @@ class OracleServer:
             req.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test); nothing to answer
+
+
+class MockOracle(FakeOracle):
+    """The fake as an :class:`httpx.MockTransport`: no socket, no thread; pass :attr:`transport` to the
+    client (``label_file(..., transport=fake.transport)``) or build an ``httpx.AsyncClient`` on it."""
+
+    base_url = "http://oracle.test"
+
+    def __init__(self, api_key: str, *, slow_delay: float = 0.15, hang: float = 1.0) -> None:
+        super().__init__(api_key, slow_delay=slow_delay, hang=hang)
+        self.transport = httpx.MockTransport(self._handle)
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content or b"{}")
+        seen, delay, status, payload, headers = self.begin(request.url.path, request.url.query.decode(),
+                                                           dict(request.headers.items()), body)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            return httpx.Response(status, json=payload, headers=headers)
+        finally:
+            self.end(seen)
