@@ -41,9 +41,8 @@ from scoring.article import parse_article  # noqa: E402
 from scoring.package import resolve  # noqa: E402
 from scoring.pipeline import Pipeline  # noqa: E402
 from scoring.settings import ScoringSettings  # noqa: E402
-from streams.cli import produce_file  # noqa: E402
 from streams.embedded import EmbeddedBroker, EmbeddedRedis  # noqa: E402
-from streams.kafka import make_consumer  # noqa: E402
+from streams.kafka import make_consumer, produce_file  # noqa: E402
 
 console = Console()
 TANSU_ENV = {"FLUXSCORE_PRODUCER_MAX_BATCH_BYTES": "1", "FLUXSCORE_SESSION_TIMEOUT": "3",

@@ -25,6 +25,7 @@ import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from scoring.exceptions import ArticleValidationError
+from scoring.schema import error_location, format_validation_error
 
 DEFAULT_MAX_CONTENT_BYTES = 800_000
 # The whole record as published (JSON bytes). Below the 1 MiB default of Kafka's message.max.bytes with
@@ -213,12 +214,10 @@ def validate_article(record: dict[str, Any], *, max_content_bytes: int | None = 
     try:
         return Article.model_validate(record, context={"max_content_bytes": max_content})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or None
-        msg = first["msg"].removeprefix("Value error, ")
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ArticleValidationError(f"invalid field {loc!r}: {msg}{more}", article_id=article_id,
-                                     field=loc) from None
+        # One reason per rejected record (a reject line, a dead letter): the first problem and a count.
+        field = error_location(exc.errors()[0]) or None
+        raise ArticleValidationError(f"invalid field {format_validation_error(exc, first_only=True, quoted=True)}",
+                                     article_id=article_id, field=field) from None
 
 
 def parse_article(raw: bytes | str | dict[str, Any], *, max_content_bytes: int | None = None,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated
 
@@ -23,43 +22,12 @@ from scoring.isolate import isolate
 from scoring.package import available, load_package
 from scoring.records import ScoreRecord
 from scoring.settings import ScoringSettings
+from scoring.summary import ScoreSummary
 
 if TYPE_CHECKING:
     from scoring.pipeline import Pipeline
 
 console = Console(stderr=True)
-
-
-@dataclass
-class ScoreSummary:
-    """Counts the batch command prints; also what the streaming demo's summary reports."""
-
-    read: int = 0
-    rejected: int = 0
-    records: int = 0
-    tiers: Counter[tuple[str, str]] = field(default_factory=Counter)
-    stages: Counter[tuple[str, str]] = field(default_factory=Counter)
-    seconds: float = 0.0
-
-    def add(self, record: ScoreRecord) -> None:
-        self.records += 1
-        self.stages[(record.filter.name, record.stage.value)] += 1
-        if record.stage.value in ("stage1", "stage2"):
-            self.tiers[(record.filter.name, record.tier.value)] += 1
-
-    def table(self, title: str = "fluxscore score") -> Table:
-        filters = sorted({name for name, _ in self.stages})
-        table = Table(title=title)
-        table.add_column("filter")
-        for col in ("HIGH", "MEDIUM", "LOW", "stage1", "stage2", "prefilter", "commerce"):
-            table.add_column(col, justify="right")
-        for name in filters:
-            table.add_row(name, *(str(self.tiers[(name, t)]) for t in ("HIGH", "MEDIUM", "LOW")),
-                          *(str(self.stages[(name, s)]) for s in ("stage1", "stage2", "prefilter", "commerce")))
-        rate = (self.read - self.rejected) / self.seconds if self.seconds > 0 else 0.0
-        table.caption = (f"{self.read} read, {self.rejected} rejected, {self.records} records, "
-                         f"{self.seconds:.1f} s, {rate:.1f} articles/s")
-        return table
 
 
 def _reject_line(line_no: int, raw: bytes, error: Exception) -> bytes:

@@ -21,18 +21,18 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors.numpy import load_file
 
 from scoring.article import Article
 from scoring.exceptions import ModelLoadError, PackageError, PackageNotFoundError, ScoringError
 from scoring.package import BUNDLED_ROOT, check_paths, hash_paths, read_manifest, verify_package_files
-from scoring.prefilter import KeywordSet, compile_regex, normalize_keyword
 from scoring.records import CommerceResult
+from scoring.schema import load_yaml_model
+from scoring.textmatch import KeywordSet, compile_regex, normalize_keyword
 
 log = logging.getLogger(__name__)
 
@@ -220,19 +220,7 @@ def load_config(path: Path) -> CommerceConfig:
     config_file = path / CONFIG_NAME if path.is_dir() else path
     if not config_file.is_file():
         raise PackageNotFoundError(f"no {CONFIG_NAME} in {path}", filter="commerce", path=str(path))
-    try:
-        raw: Any = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PackageError(f"{config_file} is not valid YAML: {exc}", filter="commerce",
-                           path=str(config_file)) from None
-    if not isinstance(raw, dict):
-        raise PackageError(f"{config_file} must hold a mapping", filter="commerce", path=str(config_file))
-    try:
-        config = CommerceConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise PackageError(f"{config_file} is invalid: {problems}", filter="commerce",
-                           path=str(config_file)) from None
+    config = load_yaml_model(config_file, CommerceConfig, filter="commerce")
     # The same rule as filter packages: the classifier files it names must lie inside the package.
     check_paths(config_file.parent, package_files(config), ref=f"commerce@{config.version}")
     return config

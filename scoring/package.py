@@ -24,8 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scoring.exceptions import (
     ModelFilesMissingError,
@@ -35,6 +34,7 @@ from scoring.exceptions import (
     PackagePathError,
     UnverifiedPackageError,
 )
+from scoring.schema import load_yaml_model
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ MANIFEST_HASHES = "file_sha256"
 ALLOW_UNVERIFIED_ENV = "FLUXSCORE_ALLOW_UNVERIFIED_MODELS"
 # named_files() role -> the filter.yaml field it comes from, for errors that point at the line to fix.
 FIELDS = {"oracle_prompt": "oracle_prompt", "probe": "stage1.probe", "probe_meta": "stage1.probe_meta",
-          "adapter": "stage2.adapter", "calibration": "calibration", "normalization": "normalization"}
+          "adapter": "stage2.adapter", "calibration": "calibration", "normalization": "normalization",
+          "drift_reference": "drift.reference"}
 
 Score = Annotated[float, Field(ge=0.0, le=10.0)]
 
@@ -158,6 +159,38 @@ class Stage2(_Strict):
     max_length: int = Field(512, ge=8)
 
 
+class DriftAlerts(_Strict):
+    """When the drift monitor raises an alert for this filter; each rule compares the current window with
+    the reference. The defaults catch the silent failures (collapsed scores, a doubled escalation rate, a
+    prefilter pass rate 20 % off, a new language mix) within one window of a few hundred records."""
+
+    drifted_share: float = Field(0.5, gt=0.0, le=1.0, description="share of the watched columns whose Evidently "
+                                                                   "drift test fires")
+    score_collapse: float = Field(0.5, gt=0.0, lt=1.0, description=(
+        "the scored records' weighted-average mean or spread falls below this fraction of the reference's"))
+    escalation_ratio: float = Field(2.0, gt=1.0, description="the stage-2 share of scored records is multiplied "
+                                                              "or divided by at least this")
+    prefilter_change: float = Field(0.2, gt=0.0, description="relative change of the prefilter pass rate")
+    commerce_change: float = Field(0.5, gt=0.0, description="relative change of the commerce block rate")
+    language_shift: float = Field(0.15, gt=0.0, le=1.0, description="total variation distance between the "
+                                                                     "language mixes")
+    embedding_drift: float = Field(0.75, gt=0.5, le=1.0, description=(
+        "Evidently's embedding drift score: ROC AUC of a classifier telling current from reference stage-1 "
+        "embeddings (0.5: indistinguishable)"))
+    significance: float = Field(0.001, gt=0.0, lt=0.5, description=(
+        "a rate or mix rule also needs a two-sided test at this level, so that sampling noise in a small "
+        "window does not alert"))
+    min_rows: int = Field(50, ge=10, description="records needed in each window before rules apply")
+
+
+class DriftConfig(_Strict):
+    """Drift monitoring of this filter (``fluxscore worker --role monitor``, ``fluxscore drift report``)."""
+
+    reference: str | None = Field(None, description="reference profile (JSON), relative to the package; written "
+                                                    "by `fluxscore train export` from the calibration data")
+    alerts: DriftAlerts = Field(default_factory=DriftAlerts)
+
+
 class FilterConfig(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
@@ -172,6 +205,7 @@ class FilterConfig(_Strict):
     calibration: str | None = Field(None, description="isotonic maps (JSON), relative to the package")
     normalization: str | None = Field(None, description="percentile reference (JSON), optional")
     oracle_prompt: str = Field(description="prompt for the oracle (markdown), relative to the package")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @field_validator("dimensions")
     @classmethod
@@ -210,6 +244,8 @@ class FilterConfig(_Strict):
             files["calibration"] = self.calibration
         if self.normalization:
             files["normalization"] = self.normalization
+        if self.drift.reference:
+            files["drift_reference"] = self.drift.reference
         return files
 
 
@@ -485,18 +521,8 @@ def load_config(path: Path) -> FilterConfig:
     config_file = path / CONFIG_NAME if path.is_dir() else path
     if not config_file.is_file():
         raise PackageNotFoundError(f"no {CONFIG_NAME} in {path}", path=str(path))
-    try:
-        raw: Any = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PackageError(f"{config_file} is not valid YAML: {exc}", path=str(config_file)) from None
-    if not isinstance(raw, dict):
-        raise PackageError(f"{config_file} must hold a mapping", path=str(config_file))
-    try:
-        return FilterConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise PackageError(f"{config_file} is invalid: {problems}", filter=raw.get("name"),
-                           path=str(config_file)) from None
+    # An invalid config is still named by the name it gives, so a listing of many packages shows which.
+    return load_yaml_model(config_file, FilterConfig, context_of=lambda raw: {"filter": raw.get("name")})
 
 
 def load_package(path: Path) -> FilterPackage:

@@ -11,10 +11,12 @@ commerce classifier; one student base per base model, with one LoRA adapter per 
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ from scoring.records import (
     CommerceResult,
     DimensionScore,
     FilterRef,
+    InputStats,
     Normalized,
     PrefilterResult,
     ScoreRecord,
@@ -45,6 +48,43 @@ from scoring.text import article_text
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+UNKNOWN_LANGUAGE = "unknown"
+_LANGUAGE = re.compile(r"^[a-z]{2,8}$")
+# A detector reads the start of the text only: enough to tell a language, and its cost stays flat.
+_DETECT_CHARS = 2000
+
+
+@cache
+def _detector() -> Callable[[str], str] | None:
+    """A deterministic language identifier when one is installed (py3langid or langid), else None.
+
+    Deterministic matters: the language is part of the record, which must come out byte-identical
+    when an article is scored again (langdetect is random unless seeded, so it is not used)."""
+    for module in ("py3langid", "langid"):
+        try:
+            lib = __import__(module)
+        except ImportError:
+            continue
+        return lambda text: str(lib.classify(text)[0])
+    return None
+
+
+def _language(article: Article, text: str) -> str:
+    given = (article.language or "").strip().lower().replace("_", "-").split("-")[0]
+    if _LANGUAGE.match(given):
+        return given
+    detect = _detector()
+    if detect is None or not text.strip():
+        return UNKNOWN_LANGUAGE
+    guessed = detect(text[:_DETECT_CHARS]).lower()
+    return guessed if _LANGUAGE.match(guessed) else UNKNOWN_LANGUAGE
+
+
+def input_stats(article: Article, text: str) -> InputStats:
+    """Text length and language of an article, as every record of it carries them (for drift monitoring)."""
+    return InputStats(text_chars=len(text), language=_language(article, text))
 
 
 class _Wire(BaseModel):
@@ -72,6 +112,7 @@ class Escalation(_Wire):
     stage1_estimate: float
     prefilter: PrefilterResult
     commerce: CommerceResult | None = None
+    input: InputStats | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
     @property
@@ -199,12 +240,13 @@ class Pipeline:
     # -- stage 0: validation + prefilters ---------------------------------------------------------
 
     def _blocked(self, loaded: LoadedFilter, article_id: str, stage: StageUsed, prefilter: PrefilterResult,
-                 commerce: CommerceResult | None, timings: dict[str, float]) -> ScoreRecord:
+                 commerce: CommerceResult | None, timings: dict[str, float],
+                 stats: InputStats | None = None) -> ScoreRecord:
         cfg = loaded.package.config
         agg = aggregate(cfg, [0.0] * len(cfg.dimensions))
         return ScoreRecord(article_id=article_id, filter=loaded.ref, model_hashes=loaded.model_hashes(self.commerce),
                            stage=stage, weighted_average=0.0, tier=agg.tier, prefilter=prefilter,
-                           commerce=commerce, timings_ms=dict(timings))
+                           commerce=commerce, input=stats, timings_ms=dict(timings))
 
     def screen(self, articles: Sequence[Article]) -> tuple[list[ScoreRecord], list[Screened]]:
         """Commerce rules, then each filter's prefilter. Blocked pairs become final records."""
@@ -215,15 +257,16 @@ class Pipeline:
             text = article_text(article)
             evidence = self.commerce.evidence(article, text) if self.commerce else None
             early = self.commerce.early_verdict(evidence) if self.commerce and evidence else None
+            stats = input_stats(article, text)
             open_filters: dict[str, PrefilterResult] = {}
             for name, loaded in self.filters.items():
                 result = loaded.prefilter.check(article, text)
                 if early is not None and early.blocked and loaded.package.config.prefilter.block_commerce:
                     records.append(self._blocked(loaded, article.id, StageUsed.COMMERCE, result, early,
-                                                 {"prefilter": _ms(start)}))
+                                                 {"prefilter": _ms(start)}, stats))
                 elif not result.passed:
                     records.append(self._blocked(loaded, article.id, StageUsed.PREFILTER, result, early,
-                                                 {"prefilter": _ms(start)}))
+                                                 {"prefilter": _ms(start)}, stats))
                 else:
                     open_filters[name] = result
             if open_filters:
@@ -263,6 +306,9 @@ class Pipeline:
 
         records: list[ScoreRecord] = []
         escalations: list[Escalation] = []
+        # From what the screened item carries (text and the article's language field), so the stats are
+        # the same whether the item came in-process or over Kafka (where the article's content is dropped).
+        stats = [input_stats(s.article, s.text) for s in screened]
         for name, loaded in self.filters.items():
             rows = [i for i, s in enumerate(screened) if name in s.open_filters]
             if not rows:
@@ -280,17 +326,18 @@ class Pipeline:
                 prefilter = item.open_filters[name]
                 if commerce is not None and commerce.blocked and cfg.prefilter.block_commerce:
                     records.append(self._blocked(loaded, item.article.id, StageUsed.COMMERCE, prefilter,
-                                                 commerce, timings))
+                                                 commerce, timings, stats[i]))
                     continue
                 estimate = aggregate(cfg, calibrated[j]).uncapped_average
                 if loaded.package.has_stage2 and estimate >= cfg.stage1.threshold:
                     escalations.append(Escalation(
                         article_id=item.article.id, text=item.text, filter=name,
                         package_hash=loaded.ref.package_hash, stage1_raw=[float(v) for v in raw[j]],
-                        stage1_estimate=estimate, prefilter=prefilter, commerce=commerce, timings_ms=timings))
+                        stage1_estimate=estimate, prefilter=prefilter, commerce=commerce, input=stats[i],
+                        timings_ms=timings))
                 else:
                     records.append(self._final(loaded, item.article.id, StageUsed.STAGE1, raw[j], calibrated[j],
-                                               estimate, prefilter, commerce, timings))
+                                               estimate, prefilter, commerce, timings, stats=stats[i]))
         return records, escalations
 
     # -- stage 2: the students -------------------------------------------------------------------
@@ -320,7 +367,7 @@ class Pipeline:
                 timings = {**item.timings_ms, "student": round(student_ms, 3)}
                 records.append(self._final(loaded, item.article_id, StageUsed.STAGE2, raw[j], calibrated[j],
                                            item.stage1_estimate, item.prefilter, item.commerce, timings,
-                                           stale_hash=item.package_hash))
+                                           stale_hash=item.package_hash, stats=item.input))
         return records
 
     # -- record building ---------------------------------------------------------------------------
@@ -328,7 +375,7 @@ class Pipeline:
     def _final(self, loaded: LoadedFilter, article_id: str, stage: StageUsed, raw: np.ndarray,
                calibrated: np.ndarray, estimate: float, prefilter: PrefilterResult,
                commerce: CommerceResult | None, timings: dict[str, float],
-               stale_hash: str | None = None) -> ScoreRecord:
+               stale_hash: str | None = None, stats: InputStats | None = None) -> ScoreRecord:
         cfg = loaded.package.config
         agg = aggregate(cfg, calibrated)
         dims = {d: DimensionScore(raw=round(float(r), 4), calibrated=round(float(c), 4))
@@ -344,7 +391,7 @@ class Pipeline:
             stage1_estimate=round(estimate, 4), escalation_threshold=cfg.stage1.threshold if cfg.stage2 else None,
             dimensions=dims, weighted_average=agg.weighted_average, tier=agg.tier,
             gatekeeper_applied=agg.gatekeeper_applied, gatekeeper_dimension=agg.gatekeeper_dimension,
-            normalized=normalized, prefilter=prefilter, commerce=commerce, timings_ms=timings)
+            normalized=normalized, prefilter=prefilter, commerce=commerce, input=stats, timings_ms=timings)
 
     # -- all stages in-process ---------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ with enough provenance that a consumer can tell exactly which models and config 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +55,15 @@ class Normalized(_Record):
     value: float
 
 
+class InputStats(_Record):
+    """What the drift monitor watches of the input itself; a function of the article alone, so the record
+    stays byte-identical when the same article is scored again."""
+
+    text_chars: int = Field(ge=0, description="characters of the text the models read (title + cleaned content)")
+    language: str = Field(min_length=1, description="the article's own `language` (primary subtag, lower case), "
+                                                    "else a detector's guess when one is installed, else `unknown`")
+
+
 class ScoreRecord(_Record):
     article_id: str
     filter: FilterRef
@@ -69,6 +79,8 @@ class ScoreRecord(_Record):
     normalized: Normalized | None = None
     prefilter: PrefilterResult
     commerce: CommerceResult | None = None
+    input: InputStats | None = Field(None, description="text length and language of the article (absent in "
+                                                       "records written before they were recorded)")
     timings_ms: dict[str, float] = Field(default_factory=dict, description="per-stage milliseconds; empty on "
                                          "Kafka, where the fluxscore.timings_ms header carries them")
     scored_at: datetime | None = Field(default_factory=lambda: datetime.now(UTC),
@@ -76,9 +88,14 @@ class ScoreRecord(_Record):
                                                    "fluxscore.scored_at header carries it")
 
     @property
+    def record_key(self) -> RecordKey:
+        """The idempotency key: same input and package give the same key."""
+        return RecordKey(self.article_id, self.filter.name, self.filter.package_hash)
+
+    @property
     def key(self) -> str:
-        """Kafka message key and idempotency key: same input and package give the same key."""
-        return record_key(self.article_id, self.filter.name, self.filter.package_hash)
+        """:attr:`record_key` as text (the Redis key and the ``fluxscore.record_key`` header)."""
+        return self.record_key.format()
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"))
@@ -103,5 +120,58 @@ class ScoreRecord(_Record):
         return cls.model_validate(data if isinstance(data, dict) else orjson.loads(data))
 
 
-def record_key(article_id: str, filter_name: str, package_hash: str) -> str:
-    return f"{article_id}|{filter_name}|{package_hash}"
+@dataclass(frozen=True, slots=True)
+class RecordKey:
+    """One record per (article id, filter, package_hash); written ``article_id|filter|package_hash``.
+
+    The text form is what Redis keys and the ``fluxscore.record_key`` header hold. Article ids come from
+    producers and may contain ``|``; filter names and package hashes cannot, so :meth:`parse` splits from
+    the right:
+
+    >>> key = RecordKey.parse(b"feed|42|uplifting|3f9a0c")
+    >>> key.article_id, key.filter, key.package_hash
+    ('feed|42', 'uplifting', '3f9a0c')
+    >>> str(key)
+    'feed|42|uplifting|3f9a0c'
+    >>> RecordKey.parse("uplifting|3f9a0c")
+    Traceback (most recent call last):
+    ...
+    ValueError: malformed record key 'uplifting|3f9a0c': expected article_id|filter|package_hash
+    """
+
+    article_id: str
+    filter: str
+    package_hash: str
+
+    SEPARATOR: ClassVar[str] = "|"
+
+    def __post_init__(self) -> None:
+        # A separator inside the last two parts would make the text form parse back as another key.
+        for name in ("filter", "package_hash"):
+            value = getattr(self, name)
+            if not value or self.SEPARATOR in value:
+                raise ValueError(f"record key {name} must be non-empty without {self.SEPARATOR!r}: {value!r}")
+        if not self.article_id:
+            raise ValueError("record key article_id must be non-empty")
+
+    def format(self) -> str:
+        return self.SEPARATOR.join((self.article_id, self.filter, self.package_hash))
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def encode(self) -> bytes:
+        """The text form as UTF-8: a header value, byte-identical to what :meth:`parse` reads."""
+        return self.format().encode()
+
+    @classmethod
+    def parse(cls, raw: str | bytes) -> RecordKey:
+        """The key a Redis key suffix or a ``fluxscore.record_key`` header holds; ``ValueError`` if malformed."""
+        try:
+            text = raw.decode() if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            raise ValueError(f"malformed record key {raw!r}: not UTF-8") from None
+        parts = text.rsplit(cls.SEPARATOR, 2)
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"malformed record key {text!r}: expected article_id|filter|package_hash")
+        return cls(*parts)

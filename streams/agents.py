@@ -39,7 +39,7 @@ import orjson
 from scoring.article import DEFAULT_LIMITS, Article, Limits, parse_article
 from scoring.isolate import isolate
 from scoring.pipeline import Escalation, Pipeline, Screened
-from scoring.records import ScoreRecord, record_key
+from scoring.records import RecordKey, ScoreRecord
 from streams.dedupe import Claim, DedupeStore
 from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, DeadLetter, Source, build_dead_letter
 from streams.exceptions import MessageTooLargeError
@@ -142,18 +142,19 @@ class StageRunner:
     async def model(self, batch: Sequence[Inbound]) -> None:
         start = self._begin(MODEL, batch)
         dead: list[DeadLetter] = []
-        escalations: list[Escalation] = []
+        keys: dict[RecordKey, Escalation] = {}
         origin: dict[tuple[str, str], Inbound] = {}
         for item in batch:
             try:
                 e = decode_escalation(item.payload)
+                # Its parts come off the wire: one that cannot form a record key costs this item only.
+                key = self._live_key(e)
             except Exception as exc:
                 dead.append(self._dead(MODEL, item, exc))
                 continue
-            escalations.append(e)
+            keys[key] = e
             origin.setdefault((e.article_id, e.filter), item)
         # A redelivered escalation whose record exists costs a Redis lookup, not a student forward pass.
-        keys = {self._live_key(e): e for e in escalations}
         known = await self.dedupe.lookup(list(keys))
         todo = [e for key, e in keys.items() if key not in known]
         t0 = time.perf_counter()
@@ -165,9 +166,9 @@ class StageRunner:
 
     # -- shared plumbing -----------------------------------------------------------------------------
 
-    def _live_key(self, e: Escalation) -> str:
+    def _live_key(self, e: Escalation) -> RecordKey:
         live = self.pipeline.filters.get(e.filter)
-        return record_key(e.article_id, e.filter, live.ref.package_hash if live else e.package_hash)
+        return RecordKey(e.article_id, e.filter, live.ref.package_hash if live else e.package_hash)
 
     def _begin(self, stage: str, batch: Sequence[Inbound]) -> float:
         self.metrics.messages_in.labels(stage).inc(len(batch))
@@ -226,9 +227,9 @@ class StageRunner:
         # Phase 2: the final records of every article that is not dead-lettered.
         records = [r for r in records if r.article_id not in lost]
         claims = [*known, *await self.dedupe.claim([r.stable() for r in records])]
-        volatile = {r.key: r.volatile_headers() for r in records}
+        volatile = {r.record_key: r.volatile_headers() for r in records}
         emitted: list[Claim] = []
-        seen: set[str] = set()
+        seen: set[RecordKey] = set()
         repeats = Counter[str]()
         now = datetime.now(UTC).isoformat().encode()
         for claim in claims:
@@ -241,7 +242,7 @@ class StageRunner:
             extra = volatile.get(claim.key, []) if claim.fresh else [("fluxscore.reemitted_at", now)]
             if not claim.fresh:
                 repeats["re-emitted"] += 1
-            kafka_key = claim.key.rsplit("|", 2)[0].encode()
+            kafka_key = claim.key.article_id.encode()
             headers = [("fluxscore.article_id", kafka_key), ("fluxscore.filter", claim.filter.encode()),
                        (RECORD_KEY_HEADER, claim.key.encode()), *extra]
             for topic in (self.topics.scores(claim.filter).name, self.topics.all_scores.name):
@@ -254,7 +255,7 @@ class StageRunner:
                 self.metrics.duplicates.labels(stage, action).inc(n)
             log.info("records scored before (redelivery)", extra={"stage": stage, **repeats})
 
-        stage_of = {r.key: r.stage.value for r in records}
+        stage_of = {r.record_key: r.stage.value for r in records}
         for claim in emitted:
             used = stage_of.get(claim.key) or str(orjson.loads(claim.payload)["stage"])
             self.metrics.records_out.labels(claim.filter, used).inc()

@@ -54,45 +54,6 @@ def worker(
     raise typer.Exit(code)
 
 
-def _key_of(line: bytes) -> bytes | None:
-    try:
-        body = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    value = body.get("id") if isinstance(body, dict) else None
-    return value.encode() if isinstance(value, str) and value else None
-
-
-async def produce_file(path: Path, bootstrap: str, topic: str, *, partitions: int = 4, replication: int = 1,
-                       rate: float = 0.0, limit: int | None = None, max_batch_bytes: int = 16384) -> int:
-    """Publish each line of a JSONL file as one message, keyed by its ``id``; returns the count."""
-    from streams.kafka import ensure_topics, make_producer
-    from streams.topics import TopicSpec
-
-    await ensure_topics(bootstrap, [TopicSpec(topic, partitions)], replication=replication)
-    producer = make_producer(bootstrap, max_batch_bytes=max_batch_bytes)
-    await producer.start()
-    sent = 0
-    started = time.perf_counter()
-    try:
-        futures = []
-        with path.open("rb") as fh:
-            for raw in fh:
-                line = raw.rstrip(b"\r\n")
-                if not line.strip():
-                    continue
-                futures.append(await producer.send(topic, value=line, key=_key_of(line)))
-                sent += 1
-                if rate > 0:
-                    await asyncio.sleep(max(0.0, started + sent / rate - time.perf_counter()))
-                if limit is not None and sent >= limit:
-                    break
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return sent
-
-
 def produce(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL, one article per line")],
     topic: Annotated[str | None, typer.Option(help="target topic (default: the raw articles topic)")] = None,
@@ -100,6 +61,7 @@ def produce(
     limit: Annotated[int | None, typer.Option(help="stop after this many messages")] = None,
 ) -> None:
     """Publish a JSONL file of articles to Kafka, one message per line, keyed by article id."""
+    from streams.kafka import produce_file
     from streams.topics import Topics
 
     settings = StreamSettings.from_env()

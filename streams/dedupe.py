@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scoring.records import ScoreRecord
+from scoring.records import RecordKey, ScoreRecord
 from streams.retry import retry_forever
 
 # BusyLoadingError (Redis replaying its AOF after a restart) subclasses ConnectionError.
@@ -32,11 +32,14 @@ _SENT = "sent"
 class Claim:
     """The record to emit for a key: the stored one, which may be an earlier worker's."""
 
-    key: str
-    filter: str
+    key: RecordKey
     payload: bytes
     fresh: bool   # this call stored it
     sent: bool    # already emitted and acknowledged before: skip
+
+    @property
+    def filter(self) -> str:
+        return self.key.filter
 
 
 class DedupeStore:
@@ -55,8 +58,8 @@ class DedupeStore:
                                          health_check_interval=10)
         return cls(client, **kwargs)
 
-    def redis_key(self, record_key: str) -> str:
-        return f"{self.prefix}:score:{record_key}"
+    def redis_key(self, record_key: RecordKey) -> str:
+        return f"{self.prefix}:score:{record_key.format()}"
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         return await retry_forever(op, retry_on=REDIS_UNAVAILABLE, what=f"Redis ({what})",
@@ -71,7 +74,7 @@ class DedupeStore:
         async def op() -> list[Any]:
             async with self.client.pipeline(transaction=True) as pipe:
                 for record, payload in zip(records, payloads, strict=True):
-                    key = self.redis_key(record.key)
+                    key = self.redis_key(record.record_key)
                     pipe.hsetnx(key, _RECORD, payload)
                     pipe.expire(key, self.ttl)
                     pipe.hmget(key, [_RECORD, _SENT])
@@ -81,11 +84,11 @@ class DedupeStore:
         claims: list[Claim] = []
         for i, (record, payload) in enumerate(zip(records, payloads, strict=True)):
             stored, sent = results[3 * i + 2]
-            claims.append(Claim(key=record.key, filter=record.filter.name, payload=stored or payload,
-                                fresh=bool(results[3 * i]), sent=bool(sent)))
+            claims.append(Claim(key=record.record_key, payload=stored or payload, fresh=bool(results[3 * i]),
+                                sent=bool(sent)))
         return claims
 
-    async def lookup(self, keys: Sequence[str]) -> dict[str, Claim]:
+    async def lookup(self, keys: Sequence[RecordKey]) -> dict[RecordKey, Claim]:
         """Keys that already have a stored record (the others are absent from the result)."""
         if not keys:
             return {}
@@ -97,13 +100,13 @@ class DedupeStore:
                 return await pipe.execute()
 
         results = await self._retry("lookup", op)
-        found: dict[str, Claim] = {}
+        found: dict[RecordKey, Claim] = {}
         for key, (stored, sent) in zip(keys, results, strict=True):
             if stored is not None:
-                found[key] = Claim(key=key, filter=key.split("|")[-2], payload=stored, fresh=False, sent=bool(sent))
+                found[key] = Claim(key=key, payload=stored, fresh=False, sent=bool(sent))
         return found
 
-    async def mark_sent(self, keys: Sequence[str]) -> None:
+    async def mark_sent(self, keys: Sequence[RecordKey]) -> None:
         """Record that these keys' messages were acknowledged by Kafka."""
         if not keys:
             return

@@ -25,12 +25,13 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from scoring.cli import ScoreSummary
 from scoring.package import resolve
 from scoring.records import ScoreRecord
+from scoring.summary import ScoreSummary
 from streams.dlq import DeadLetterRecord
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from streams.exceptions import StreamError
+from streams.kafka import make_consumer, produce_file
 from streams.settings import StreamSettings
 from streams.wire import record_key_of
 
@@ -129,8 +130,6 @@ def _stage_table(state: Progressed, elapsed: float) -> Table:
 
 async def _watch(bootstrap: str, scores: str, dlq: str, state: Progressed, deadline: float, console: Console,
                  workers: list[subprocess.Popen[bytes]], started: float) -> None:
-    from streams.kafka import make_consumer
-
     consumer = make_consumer(bootstrap, scores, dlq)
     await consumer.start()
     progress = Progress(TextColumn("[bold]scoring through Kafka"), BarColumn(), MofNCompleteColumn(),
@@ -217,8 +216,6 @@ def run_demo(*, articles: Path | None, workers: int, timeout: float, console: Co
             log = (run_dir / f"worker-{i}.log").open("wb")
             procs.append(subprocess.Popen([sys.executable, "-m", "streams", "worker", "--role", "all"], env=env,
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-
-        from streams.cli import produce_file
 
         raw_topic = prefix + settings.topic_raw
         batch_bytes = int(env.get("FLUXSCORE_PRODUCER_MAX_BATCH_BYTES", "16384"))

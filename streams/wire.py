@@ -8,6 +8,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from scoring.pipeline import Escalation, Screened
+from scoring.schema import format_validation_error
 from streams.dlq import article_id_of
 from streams.exceptions import WireFormatError
 
@@ -40,10 +41,9 @@ def _decode(model: type[M], payload: bytes, stage: str) -> M:
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise WireFormatError(f"not a valid {model.__name__}: {where}: {first['msg']}", stage=stage,
-                              article_id=article_id_of(exc, payload)) from None
+        # A dead letter names one reason: the first problem, and how many more there were.
+        raise WireFormatError(f"not a valid {model.__name__}: {format_validation_error(exc, first_only=True)}",
+                              stage=stage, article_id=article_id_of(exc, payload)) from None
 
 
 def decode_screened(payload: bytes) -> Screened:

@@ -294,3 +294,8 @@ def demo(out_root: Annotated[Path, typer.Option(help="filters root holding demo/
     if result.commerce is not None:
         console.print(f"commerce classifier: {result.commerce}")
     console.print(f"sample articles: {result.sample_path}; reports under {work}")
+
+
+def register(parent: typer.Typer) -> None:
+    """Add ``fluxscore train …`` to the top-level app (the ``train`` entry point of ``fluxscore.commands``)."""
+    parent.add_typer(app, name="train", help="Train probes and students, calibrate, export packages.")

@@ -261,7 +261,7 @@ def collect(env: StreamEnv, done: Callable[[Collected], bool], timeout: float = 
 
 
 def produce_lines(env: StreamEnv, lines: list[bytes], path: Path) -> int:
-    from streams.cli import produce_file
+    from streams.kafka import produce_file
 
     path.write_bytes(b"\n".join(lines) + b"\n")
     return asyncio.run(produce_file(path, env.bootstrap, env.topic("articles.raw"), max_batch_bytes=1))
@@ -287,7 +287,7 @@ class BackgroundProducer:
 
 def produce_lines_paced(env: StreamEnv, lines: list[bytes], path: Path, rate: float) -> BackgroundProducer:
     """Start producing ``lines`` to ``articles.raw`` at ``rate`` messages/s in the background."""
-    from streams.cli import produce_file
+    from streams.kafka import produce_file
 
     path.write_bytes(b"\n".join(lines) + b"\n")
     outcome: list[int | BaseException] = []

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from scoring.article import Limits, parse_article
 from scoring.pipeline import Escalation, Pipeline, Screened
-from scoring.records import PrefilterResult, ScoreRecord
+from scoring.records import PrefilterResult, RecordKey, ScoreRecord
 from scoring.settings import ScoringSettings
 from streams.agents import Inbound, StageRunner
 from streams.dedupe import DedupeStore
@@ -116,7 +116,7 @@ def test_redelivered_batch_yields_the_same_records(pipeline: Pipeline, broker, r
 def test_a_record_stored_by_a_crashed_worker_is_the_one_emitted(pipeline: Pipeline, broker, redis_server) -> None:
     articles = synthetic_articles(4, seed=32)
 
-    async def run() -> tuple[dict[bytes, bytes], dict[str, bytes]]:
+    async def run() -> tuple[dict[bytes, bytes], dict[RecordKey, bytes]]:
         h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
         async with h as runner:
             # What a worker that died after storing its records (before sending them) left behind:
@@ -134,9 +134,9 @@ def test_a_record_stored_by_a_crashed_worker_is_the_one_emitted(pipeline: Pipeli
             return out, stored
 
     out, stored = asyncio.run(run())
-    assert {k.decode() for k in out} == set(stored)
+    assert {RecordKey.parse(k) for k in out} == set(stored)
     for key, payload in out.items():
-        assert payload == stored[key.decode()], "the stored record is re-emitted, not a new one"
+        assert payload == stored[RecordKey.parse(key)], "the stored record is re-emitted, not a new one"
         assert ScoreRecord.from_json(payload).scored_at < datetime.now(UTC) - timedelta(minutes=30)
 
 
@@ -170,6 +170,32 @@ def test_bad_items_go_to_the_dlq_and_the_rest_of_the_batch_flows(pipeline: Pipel
     probe_letter = [DeadLetterRecord.parse(v) for _, v in everything if DeadLetterRecord.parse(v).stage == "probe"]
     assert [(d.article_id, d.error_type.rsplit(".", 1)[-1]) for d in probe_letter] == [("s-1", "WireFormatError")]
 
+
+
+def test_an_escalation_that_forms_no_record_key_costs_itself_only(pipeline: Pipeline, broker, redis_server) -> None:
+    demo = pipeline.filters["demo"]
+
+    async def run() -> tuple[Sent, Topics]:
+        h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
+        async with h as runner:
+            sent = _tee(runner)
+            good = Escalation(article_id="feed|esc-ok", text="A city opened a free clinic for 40,000 people.",
+                              filter="demo", package_hash=demo.ref.package_hash,
+                              stage1_raw=[5.0] * len(demo.package.config.dimensions), stage1_estimate=5.0,
+                              prefilter=PrefilterResult(passed=True))
+            # Not a filter's name, so the record key takes the (empty) hash the message carries.
+            keyless = good.model_copy(update={"article_id": "esc-bad", "filter": "no|such", "package_hash": ""})
+            await runner.model(_inbound([encode(keyless), encode(good)], h.topics.escalated.name))
+            return sent, h.topics
+
+    sent, topics = asyncio.run(run())
+    (letter,) = _letters(sent, topics.dlq.name)
+    assert (letter.article_id, letter.stage, letter.error_type.rsplit(".", 1)[-1]) == ("esc-bad", "model", "ValueError")
+    (scored,) = [(k, dict(h)) for t, k, _, h in sent if t == topics.all_scores.name]
+    kafka_key, headers = scored
+    assert kafka_key == b"feed|esc-ok", "score messages are keyed by the article id, '|' and all"
+    assert RecordKey.parse(headers["fluxscore.record_key"]) == RecordKey("feed|esc-ok", "demo", demo.ref.package_hash)
+    assert headers["fluxscore.record_key"] == f"feed|esc-ok|demo|{demo.ref.package_hash}".encode()
 
 # -- one bad record costs one record (the [hardening] findings) -----------------------------------------
 

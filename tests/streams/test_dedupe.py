@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from scoring.aggregate import Tier
-from scoring.records import FilterRef, PrefilterResult, ScoreRecord, StageUsed
+from scoring.records import FilterRef, PrefilterResult, RecordKey, ScoreRecord, StageUsed
 from streams.dedupe import DedupeStore
 from streams.embedded import EmbeddedRedis
 from tests.integration.conftest import redis_url
@@ -35,7 +35,8 @@ def test_first_writer_wins_and_sent_keys_are_skipped(redis_server) -> None:
         later = _record("a|1", 9.0, datetime.now(UTC) + timedelta(seconds=5))  # a re-scoring, different result
         (claim,) = await store.claim([first])
         assert claim.fresh and not claim.sent and claim.payload == first.to_json()
-        assert claim.key == "a|1|demo|abc123" and claim.filter == "demo"
+        assert claim.key == RecordKey("a|1", "demo", "abc123") and claim.filter == "demo"
+        assert store.redis_key(claim.key) == f"{store.prefix}:score:a|1|demo|abc123", "the Redis key format is fixed"
 
         (again,) = await store.claim([later])
         assert not again.fresh and not again.sent
@@ -45,7 +46,7 @@ def test_first_writer_wins_and_sent_keys_are_skipped(redis_server) -> None:
         (done,) = await store.claim([later])
         assert done.sent and done.payload == first.to_json()
 
-        found = await store.lookup([claim.key, "missing|demo|abc123"])
+        found = await store.lookup([claim.key, RecordKey.parse("missing|demo|abc123")])
         assert list(found) == [claim.key] and found[claim.key].sent and found[claim.key].filter == "demo"
         assert await store.client.ttl(store.redis_key(claim.key)) > 0
         await store.close()
@@ -95,7 +96,7 @@ def test_records_survive_a_redis_restart(redis_server) -> None:
     if not isinstance(redis_server, EmbeddedRedis):
         pytest.skip("needs the test session's own redis-server to restart it")
 
-    async def before() -> str:
+    async def before() -> RecordKey:
         store = _store(redis_server)
         store.prefix = "test-dedupe-restart"
         (claim,) = await store.claim([_record("persisted", 4.0)])
@@ -103,7 +104,7 @@ def test_records_survive_a_redis_restart(redis_server) -> None:
         await store.close()
         return claim.key
 
-    async def after(key: str) -> bool:
+    async def after(key: RecordKey) -> bool:
         store = _store(redis_server)
         store.prefix = "test-dedupe-restart"
         found = await store.lookup([key])
