@@ -224,7 +224,9 @@ def export_cmd(package: PackageOpt, dest: Annotated[Path | None, typer.Option(
 
 
 @app.command()
-def build(data: Annotated[Path, typer.Option("--data", "-d", help="oracle-labelled JSONL")],
+def build(data: Annotated[list[Path], typer.Option("--data", "-d", help=(
+              "labelled JSONL; repeat to add sources, e.g. exported labels (`fluxscore labels export`) "
+              "beside existing data: a person's label wins over the oracle's for the same article"))],
           out: Annotated[Path, typer.Option(help="where the package is built: OUT/<name>/<version>/")] =
           Path("out/packages"),
           package: Annotated[str | None, typer.Option("--package", "-p", help="existing package to train "
@@ -238,6 +240,7 @@ def build(data: Annotated[Path, typer.Option("--data", "-d", help="oracle-labell
           target: float = thr.DEFAULT_TARGET, folds: int = 5, max_epochs: int = 400, seed: int = 0) -> None:
     """One command from labelled data to an exported package: prepare, probe, (student), calibrate,
     threshold, export."""
+    from training.dataset import merge_labelled
     from training.export import default_prompt, scaffold_config, write_scaffold
     from training.steps import run_calibrate, run_export, run_prepare, run_probe, run_student, run_threshold
 
@@ -245,14 +248,18 @@ def build(data: Annotated[Path, typer.Option("--data", "-d", help="oracle-labell
     if package:
         pkg = _package(package)
     else:
-        dims, found_name = _run(lambda: infer_dimensions(data))
-        pkg_name = name or _safe_name(found_name or data.stem)
+        dims, found_name = _run(lambda: infer_dimensions(data[0]))
+        pkg_name = name or _safe_name(found_name or data[0].stem)
         body = _run(lambda: scaffold_config(pkg_name, dims, student_base=student_base if student else None))
         pkg = _run(lambda: write_scaffold(out / pkg_name / body["version"], body, default_prompt(body)))
         console.print(f"generated package {pkg.ref} for {len(dims)} dimensions: {', '.join(dims)}")
     ws = _work(pkg, work, cache)
+    merged = ws.root / "labelled.jsonl"
+    sources = _run(lambda: merge_labelled(data, merged))
+    console.print("labels used: " + ", ".join(f"{sources.get(k, 0)} {k}" for k in ("oracle", "human")))
     with _progress() as progress:
-        _run(lambda: run_prepare(data, pkg, ws, fractions=_fractions(fractions), by_time=by_time, seed=seed))
+        _run(lambda: run_prepare(merged, pkg, ws, fractions=_fractions(fractions), by_time=by_time, seed=seed,
+                                 sources=sources))
         probe_out = _run(lambda: run_probe(pkg, ws, device=dev, folds=folds, progress=progress, seed=seed,
                                            max_epochs=max_epochs))
         if student and pkg.config.stage2 is not None:
@@ -263,7 +270,7 @@ def build(data: Annotated[Path, typer.Option("--data", "-d", help="oracle-labell
     dest = out if package else None
     exported = _run(lambda: run_export(pkg.path, ws, dest, overwrite=True))
     console.print({"probe_validation_mae": probe_out.validation_mae, "test_mae": cal.test_mae,
-                   "threshold": choice.summary()})
+                   "threshold": choice.summary(), "labels": sources})
     console.print(f"package {exported.package.ref} at {exported.package.path}; reports in {ws.reports}")
     typer.echo(exported.package_hash)
 
@@ -296,6 +303,47 @@ def demo(out_root: Annotated[Path, typer.Option(help="filters root holding demo/
     console.print(f"sample articles: {result.sample_path}; reports under {work}")
 
 
+labels_app = typer.Typer(help="Labels from the oracle worker and annotators, for training and labelling tools.",
+                         no_args_is_help=True)
+
+
+@labels_app.command("export")
+def labels_export(
+        filter_ref: Annotated[str, typer.Option("--filter", "-f", help="filter name (or name@version)")],
+        fmt: Annotated[str, typer.Option("--format", help="jsonl (what `train build -d` reads), label-studio "
+                                                          "(tasks with predictions) or argilla (2.x records)")] =
+        "jsonl",
+        output: Annotated[Path, typer.Option("--output", "-o", help="file to write")] = Path("labels.jsonl"),
+        db: Annotated[str | None, typer.Option(help="label database (default: FLUXSCORE_LABELS_DB)")] = None,
+) -> None:
+    """Write a filter's stored labels in a training or labelling-tool layout."""
+    import orjson
+
+    from training.labels import LabelsSettings, LabelStore, export_argilla, export_jsonl, export_label_studio
+
+    if fmt not in ("jsonl", "label-studio", "argilla"):
+        raise _fail(ValueError(f"--format must be jsonl, label-studio or argilla, got {fmt!r}"))
+    pkg = _package(filter_ref)
+    store = _run(lambda: LabelStore(db or LabelsSettings.from_env().labels_db))
+    dims = pkg.config.dimension_names
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("wb") as fh:
+            if fmt == "jsonl":
+                lines = list(export_jsonl(store, pkg.name))
+                fh.writelines(lines)
+                rows = len(lines)
+            else:
+                items = (export_label_studio if fmt == "label-studio" else export_argilla)(store, pkg.name, dims)
+                fh.write(orjson.dumps(items, option=orjson.OPT_INDENT_2))
+                rows = len(items)
+    except OSError as exc:
+        raise _fail(exc) from None
+    counts = store.count(pkg.name)
+    console.print(f"{rows} articles ({counts['oracle']} oracle labels, {counts['human']} human) → {output}")
+
+
 def register(parent: typer.Typer) -> None:
-    """Add ``fluxscore train …`` to the top-level app (the ``train`` entry point of ``fluxscore.commands``)."""
+    """Add ``fluxscore train …`` and ``fluxscore labels …`` to the top-level app (the ``train`` entry point)."""
     parent.add_typer(app, name="train", help="Train probes and students, calibrate, export packages.")
+    parent.add_typer(labels_app, name="labels")

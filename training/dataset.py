@@ -480,3 +480,44 @@ def load_split(split_dir: Path, name: str, config: FilterConfig) -> LabelledSet:
             raise TrainingDataError(f"{split_dir} was prepared for dimensions {manifest['dimensions']}, "
                                     f"the filter has {config.dimension_names}", filter=config.name, step="load")
     return load_labelled(path, config.dimension_names, filter_name=config.name)
+
+
+# -- several labelled sources into one (exported labels beside existing data) -----------------------
+
+_SOURCE_RANK = {"human": 2, "oracle": 1}
+
+
+def label_source(record: dict[str, Any]) -> str:
+    """Who labelled a record: ``human`` or ``oracle`` (records without a source are oracle-labelled data)."""
+    oracle = record.get("oracle")
+    source = oracle.get("source") if isinstance(oracle, dict) else None
+    return source if source in _SOURCE_RANK else "oracle"
+
+
+def merge_labelled(sources: Sequence[Path], out: Path) -> dict[str, int]:
+    """Write the records of every source into ``out``, one per article id; returns the count per source.
+
+    A human label wins over an oracle label for the same article, whichever file it came from; between
+    equals the earlier source wins (pass existing data first, new labels after, to keep the old ones).
+    Lines without a usable id are kept as they are, so the prepare step reports them as it always does.
+    """
+    chosen: dict[str, dict[str, Any]] = {}
+    anonymous: list[dict[str, Any]] = []
+    for source in sources:
+        if not Path(source).is_file():
+            raise TrainingDataError(f"labelled data file {source} does not exist", step="load")
+        for _, record, _error in read_jsonl(Path(source)):
+            if record is None:
+                continue
+            rid = record.get("id")
+            if not isinstance(rid, str) or not rid.strip():
+                anonymous.append(record)
+                continue
+            known = chosen.get(rid)
+            if known is None or _SOURCE_RANK[label_source(record)] > _SOURCE_RANK[label_source(known)]:
+                chosen[rid] = record
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as fh:
+        for record in [*chosen.values(), *anonymous]:
+            fh.write(orjson.dumps(record) + b"\n")
+    return dict(Counter(label_source(r) for r in chosen.values()))

@@ -27,7 +27,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -49,9 +49,21 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from scoring.settings import FluxscoreSettings
 from training.exceptions import TrainingError
 
 Source = Literal["oracle", "human"]
+DEFAULT_DB = Path("~/.local/share/fluxscore/labels.db")
+
+
+class LabelsSettings(FluxscoreSettings):
+    """Where labels are kept: shared by the oracle worker, the annotator service and `fluxscore labels`."""
+
+    doc_title: ClassVar[str] = "labels (oracle worker, annotators, `fluxscore labels`)"
+
+    labels_db: str = Field(str(DEFAULT_DB), description=(
+        "the label database: a file path (SQLite) or a SQLAlchemy URL such as "
+        "`postgresql+psycopg://user@host/db` (needs the `postgres` extra)"))
 
 
 class LabelStoreError(TrainingError):

@@ -68,7 +68,7 @@ def _mae(pred: np.ndarray, target: np.ndarray) -> float:
 # -- prepare -------------------------------------------------------------------------------------
 
 def run_prepare(data: Path, package: FilterPackage, work: Workspace, *, fractions: Sequence[float],
-                by_time: bool = False, seed: int = 0) -> Prepared:
+                by_time: bool = False, seed: int = 0, sources: dict[str, int] | None = None) -> Prepared:
     prepared = prepare(data, package.config, fractions=fractions, by_time=by_time, seed=seed)
     write_prepared(prepared, work.splits)
     m = prepared.manifest
@@ -76,6 +76,10 @@ def run_prepare(data: Path, package: FilterPackage, work: Workspace, *, fraction
     report.text(f"Source `{data}` (sha256 {m['source_sha256']}), read {m['read']} records, {m['usable']} usable, "
                 f"{m['kept']} kept after de-duplication. Label layouts: {m['layouts']}. "
                 f"Split {'by time within each tier' if by_time else 'at random within each tier'} (seed {seed}).")
+    if sources is not None:
+        report.heading("Label sources")
+        report.text("One label per article; a person's label wins over the oracle's for the same article.")
+        report.kv({f"{name} labels": sources.get(name, 0) for name in ("oracle", "human")})
     report.heading("Splits")
     report.table(["split", "articles", "LOW", "MEDIUM", "HIGH"],
                  [[name, s["count"], s["tiers"].get("LOW", 0), s["tiers"].get("MEDIUM", 0),
