@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export TOKENIZERS_PARALLELISM := false
 export FLUXSCORE_OFFLINE := 1
 
-.PHONY: venv test lint typecheck unit demo demo-batch demo-packages bench clean settings-doc
+.PHONY: venv test lint typecheck unit demo demo-batch demo-packages annotate bench clean settings-doc
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ unit: venv
 
 demo: venv
 	$(VENV)/bin/fluxscore demo
+
+# The annotator page on the demo queue, http://127.0.0.1:8770/ (prints the token of the annotator "demo").
+# With REDIS_URL and KAFKA_BOOTSTRAP set it serves their active-learning.<filter> queue; without them it
+# starts its own redis-server and queues the bundled sample articles, scored by the demo filters.
+annotate: venv
+	$(VENV)/bin/fluxscore annotate serve --demo
 
 # The same scoring on the bundled sample, in-process, without broker or Redis.
 demo-batch: venv
