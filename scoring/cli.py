@@ -5,16 +5,20 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated, Protocol
 
 import orjson
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.padding import Padding
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from scoring.article import Article, Limits, parse_article
 from scoring.exceptions import FluxscoreError
@@ -28,6 +32,120 @@ if TYPE_CHECKING:
     from scoring.pipeline import Pipeline
 
 console = Console(stderr=True)
+
+# The exit codes of ``fluxscore score``, in its help and the README.
+EXIT_SCORED, EXIT_FAILED, EXIT_IO, EXIT_FILTERS, EXIT_NOTHING_SCORED = 0, 1, 2, 3, 4
+
+
+class InputReadError(FluxscoreError):
+    """The input file cannot be opened or read; names it."""
+
+
+class OutputWriteError(FluxscoreError):
+    """An output file (records or rejects) cannot be created or written; names it.
+
+    Its own type so that a full disk or a missing directory is never reported as a problem of the input.
+    """
+
+
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class _Sink:
+    """An output file whose write errors name it."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        try:
+            self._fh: IO[bytes] = path.open("wb")
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def _error(self, exc: OSError) -> OutputWriteError:
+        return OutputWriteError(f"cannot write the {self.what} file {self.path}: {exc.strerror or exc}")
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            self._fh.close()  # buffered bytes are written here, so a full disk may only show now
+        except OSError as exc:
+            if kind is None:
+                raise self._error(exc) from None
+
+
+def _input_lines(stream: IO[bytes], name: str) -> Iterator[bytes]:
+    """The lines of ``stream``; a read error raises :class:`InputReadError` naming the input."""
+    lines = iter(stream)
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except OSError as exc:
+            raise InputReadError(f"cannot read the input {name}: {exc.strerror or exc}") from None
+        yield raw
+
+
+def default_rejects(output: Path) -> Path:
+    """Where rejected lines go by default: ``scores.jsonl`` -> ``scores.rejects.jsonl``; another name gets
+    ``.rejects.jsonl`` appended (``scores.out`` -> ``scores.out.rejects.jsonl``)."""
+    return output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")
+
+
+def fit(table: Table) -> Table:
+    """Long cells of ``table`` wrap at spaces (or fold, a hash or a path) instead of ending in an ellipsis;
+    the first column, the names, is never broken."""
+    for i, column in enumerate(table.columns):
+        column.overflow = "fold"
+        column.no_wrap = i == 0
+    return table
+
+
+def as_records(table: Table) -> Group:
+    """``table`` as one block per row (its first cell, then ``column: value`` lines): what a terminal too
+    narrow for the columns gets, where a table would break every word of every column."""
+    columns = table.columns
+    cells = [list(column.cells) for column in columns]
+    parts: list[RenderableType] = []
+    if table.title:
+        parts.append(Text.from_markup(table.title, style="bold") if isinstance(table.title, str) else table.title)
+    for row in range(table.row_count):
+        name = cells[0][row]
+        parts.append(Text.from_markup(name, style="bold") if isinstance(name, str) else name)
+        fields = Table.grid(padding=(0, 1))
+        fields.add_column(style="dim", no_wrap=True)
+        fields.add_column(overflow="fold")
+        for column, values in zip(columns[1:], cells[1:], strict=True):
+            fields.add_row(column.header, values[row])
+        parts.append(Padding(fields, (0, 0, 0, 2)))
+    if table.caption:
+        parts.append(table.caption)
+    return Group(*parts)
+
+
+def print_table(table: Table, out: Console) -> None:
+    """Print ``table`` on ``out``, every cell whole: in a terminal as wide as it is, one block per row where
+    the columns cannot fit; a pipe or a file gets one line per row (for grep and cut), whatever ``COLUMNS``."""
+    fit(table)
+    # Measured without the console's width, which would clamp the result to it.
+    needed = Measurement.get(out, out.options.update_width(100_000), table)
+    if not out.is_terminal:
+        Console(file=out.file, width=max(out.width, needed.maximum), highlight=False, no_color=True).print(table)
+    elif needed.minimum > out.width:
+        # Even with every cell wrapped at its spaces the columns would not fit: words would be cut.
+        out.print(as_records(table))
+    else:
+        out.print(table)
 
 
 def _reject_line(line_no: int, raw: bytes, error: Exception) -> bytes:
@@ -54,9 +172,9 @@ class Line:
     article: Article
 
 
-def read_articles(stream: IO[bytes], rejects: IO[bytes], summary: ScoreSummary, *,
+def read_articles(stream: Iterable[bytes], rejects: Writer, summary: ScoreSummary, *,
                   limits: Limits) -> Iterator[Line]:
-    """Articles from a JSONL stream; every bad line goes to ``rejects`` with its reason."""
+    """Articles from JSONL lines; every bad line goes to ``rejects`` with its reason."""
     for line_no, raw in enumerate(stream, start=1):
         line = raw.rstrip(b"\r\n")
         if not line.strip():
@@ -71,7 +189,7 @@ def read_articles(stream: IO[bytes], rejects: IO[bytes], summary: ScoreSummary, 
         yield Line(line_no, line, article)
 
 
-def score_lines(pipeline: Pipeline, lines: list[Line], out: IO[bytes], rejects: IO[bytes],
+def score_lines(pipeline: Pipeline, lines: list[Line], out: Writer, rejects: Writer,
                 summary: ScoreSummary) -> None:
     """Score one batch of lines: each line's records are written, or the line is rejected with its reason."""
     outputs, failed = isolate(pipeline.score, [line.article for line in lines])
@@ -97,63 +215,104 @@ def score_lines(pipeline: Pipeline, lines: list[Line], out: IO[bytes], rejects: 
             summary.add(record)
 
 
+def _fail(message: str, code: int) -> typer.Exit:
+    # Messages carry "[field=…, path=…]" context, which rich would otherwise read as markup and drop.
+    console.print(f"[red]{escape(message)}[/red]", soft_wrap=True, highlight=False)
+    return typer.Exit(code)
+
+
 def score(
     input_path: Annotated[Path, typer.Argument(help="articles, one JSON object per line ('-' for stdin)")],
     filters: Annotated[str, typer.Option(
         "--filters", "-f", help="name, name@version or package dir, comma-separated")] = "demo,demo_tech",
     output: Annotated[Path, typer.Option("--output", "-o", help="score records (JSONL)")] = Path("scores.jsonl"),
-    rejects: Annotated[Path | None, typer.Option(help="rejected lines (JSONL); default OUTPUT.rejects.jsonl")] = None,
+    rejects: Annotated[Path | None, typer.Option(help=(
+        "rejected lines with their reasons (JSONL); default: OUTPUT with .jsonl replaced by .rejects.jsonl "
+        "(scores.jsonl: scores.rejects.jsonl; another name gets .rejects.jsonl appended)"))] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="articles per batch")] = 64,
     commerce: Annotated[bool, typer.Option(help="run the universal commerce detector")] = True,
 ) -> None:
-    """Score a JSONL file of articles with one or more filters."""
+    """Score a JSONL file of articles with one or more filters.
+
+    Every line ends scored (its records in OUTPUT) or rejected with its reason (in the rejects file).
+
+    Exit codes:
+    0  articles were scored (some lines may have been rejected)
+    1  scoring failed
+    2  the input cannot be read, an output cannot be written, or a setting is invalid
+    3  the filters could not be loaded
+    4  nothing could be scored (every line rejected, or none in the input)
+    """
     from scoring.pipeline import Pipeline
 
-    settings = ScoringSettings.from_env()
-    rejects = rejects or output.with_name(output.name.removesuffix(".jsonl") + ".rejects.jsonl")
-    if str(input_path) != "-" and not input_path.is_file():
-        console.print(f"[red]cannot read input: {input_path} does not exist or is not a file[/red]")
-        raise typer.Exit(2)
+    try:
+        settings = ScoringSettings.from_env()
+    except FluxscoreError as exc:
+        raise _fail(str(exc), EXIT_IO) from None
+    rejects = rejects or default_rejects(output)
+    from_stdin = str(input_path) == "-"
+    if not from_stdin and not input_path.is_file():
+        raise _fail(f"cannot read the input {input_path}: it does not exist or is not a file", EXIT_IO)
+    # Before the models load (which takes a while): a mistyped output directory fails at once.
+    for what, path in (("output", output), ("rejects", rejects)):
+        if not path.parent.is_dir():
+            raise _fail(f"cannot write the {what} file {path}: the directory {path.parent} does not exist", EXIT_IO)
     try:
         with console.status("loading filters and models"):
             pipeline = Pipeline.load(filters, settings=settings, commerce=commerce)
     except FluxscoreError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(3) from None
+        raise _fail(str(exc), EXIT_FILTERS) from None
 
     summary = ScoreSummary()
-    total = None if str(input_path) == "-" else input_path.stat().st_size
+    total = None if from_stdin else input_path.stat().st_size
     start = time.perf_counter()
-    source: IO[bytes] = sys.stdin.buffer if str(input_path) == "-" else input_path.open("rb")
     try:
-        with source, output.open("wb") as out, rejects.open("wb") as rej, Progress(
-                TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        source: IO[bytes] = sys.stdin.buffer if from_stdin else input_path.open("rb")
+    except OSError as exc:
+        raise _fail(f"cannot read the input {input_path}: {exc.strerror or exc}", EXIT_IO) from None
+    try:
+        # The bar advances with the bytes read (the file's size is the only total known in advance);
+        # the counts and the rate beside it are articles.
+        with source, _Sink(output, "output") as out, _Sink(rejects, "rejects") as rej, Progress(
+                TextColumn("[bold]scoring"), BarColumn(), TaskProgressColumn(),
+                TextColumn("{task.fields[articles]}"), TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(), console=console, transient=False) as progress:
-            task = progress.add_task("score", total=total, rate="")
+            task = progress.add_task("score", total=total, articles="0 articles", rate="")
             batch: list[Line] = []
+
+            def advance(done: bool = False) -> None:
+                elapsed = time.perf_counter() - start
+                scored = summary.read - summary.rejected
+                position = (total if done else source.tell()) if total else summary.read
+                progress.update(task, completed=position,
+                                articles=f"{scored} articles scored, {summary.rejected} rejected",
+                                rate=f"{scored / max(elapsed, 1e-9):.1f} articles/s")
 
             def flush() -> None:
                 score_lines(pipeline, batch, out, rej, summary)
                 batch.clear()
-                elapsed = time.perf_counter() - start
-                progress.update(task, completed=source.tell() if total else summary.read,
-                                rate=f"{(summary.read - summary.rejected) / max(elapsed, 1e-9):.1f} art/s")
+                advance()
 
-            for line in read_articles(source, rej, summary, limits=settings.limits):
+            for line in read_articles(_input_lines(source, str(input_path)), rej, summary, limits=settings.limits):
                 batch.append(line)
                 if len(batch) >= batch_size:
                     flush()
             if batch:
                 flush()
-    except OSError as exc:
-        console.print(f"[red]cannot read {input_path}: {exc}[/red]")
-        raise typer.Exit(2) from None
+            advance(done=True)
+    except (InputReadError, OutputWriteError) as exc:
+        raise _fail(str(exc), EXIT_IO) from None
     except FluxscoreError as exc:
-        console.print(f"[red]scoring failed: {exc}[/red]")
-        raise typer.Exit(1) from None
+        raise _fail(f"scoring failed: {exc}", EXIT_FAILED) from None
     summary.seconds = time.perf_counter() - start
-    console.print(summary.table())
-    console.print(f"records: {output}" + (f"   rejects ({summary.rejected}): {rejects}" if summary.rejected else ""))
+    print_table(summary.table(), console)
+    console.print(f"records: {escape(str(output))}" + (
+        f"   rejects ({summary.rejected}): {escape(str(rejects))}" if summary.rejected else ""), soft_wrap=True,
+        highlight=False)
+    if summary.read == summary.rejected:
+        raise _fail("nothing could be scored: " + (f"all {summary.read} lines were rejected (see {rejects})"
+                                                   if summary.read else f"no article in {input_path}"),
+                    EXIT_NOTHING_SCORED)
 
 
 filters_app = typer.Typer(help="Installed filter packages.", no_args_is_help=True)
@@ -163,8 +322,6 @@ filters_app = typer.Typer(help="Installed filter packages.", no_args_is_help=Tru
 def list_filters() -> None:
     """Every filter package found on the search path, with its hash, model-file and verification status
     (``ok``: files match the hashes recorded at export; ``TAMPERED: <files>``; ``unverified``: no hashes)."""
-    from rich.markup import escape
-
     table = Table(title="filter packages")
     for col in ("filter", "version", "package_hash", "stage 2", "models", "verified", "path"):
         table.add_column(col)
@@ -175,11 +332,11 @@ def list_filters() -> None:
                 package_hash = pkg.package_hash
             except (FluxscoreError, OSError) as exc:  # an unreadable file: a row, not a traceback
                 # Messages carry "[field=…]" context, which rich would read as markup.
-                table.add_row(name, pkg_dir.name, "-", "-", f"[red]invalid: {escape(str(exc))}[/red]", "-",
-                              str(pkg_dir))
+                table.add_row(escape(name), escape(pkg_dir.name), "-", "-", f"[red]invalid: {escape(str(exc))}[/red]",
+                              "-", escape(str(pkg_dir)))
                 continue
             missing = pkg.missing_files()
-            status = "[green]ready[/green]" if not missing else f"[yellow]missing {', '.join(missing)}[/yellow]"
+            status = "[green]ready[/green]" if not missing else f"[yellow]missing {escape(', '.join(missing))}[/yellow]"
             try:
                 integrity = pkg.integrity()
                 verified = {"ok": "[green]ok[/green]", "unverified": "[yellow]unverified[/yellow]"}.get(
@@ -189,8 +346,8 @@ def list_filters() -> None:
             except (FluxscoreError, OSError) as exc:
                 verified = f"[red]{escape(str(exc))}[/red]"
             table.add_row(pkg.name, pkg.version, package_hash, "yes" if pkg.has_stage2 else "no", status, verified,
-                          str(pkg.path))
-    Console().print(table)
+                          escape(str(pkg.path)))
+    print_table(table, Console())
 
 
 def register(app: typer.Typer) -> None:

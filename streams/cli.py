@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from scoring.exceptions import FluxscoreError
-from streams.exceptions import StreamError
+from scoring.exceptions import FluxscoreError, SettingsError
+from streams.exceptions import BrokerUnavailableError, StreamError
 from streams.settings import StreamSettings
 
 console = Console(stderr=True)
@@ -41,7 +42,7 @@ def worker(
         if role:
             settings = settings.with_roles(role)
     except StreamError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     try:
         code = run_worker(settings)
@@ -49,9 +50,29 @@ def worker(
         # Startup problems (no such filter, broker unreachable): one clear line, not a traceback.
         logging.getLogger("fluxscore.streams.worker").critical("worker cannot start", extra={
             "error_type": type(exc).__name__, "error": str(exc)})
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _stream_settings() -> StreamSettings:
+    """The stream settings with a bootstrap server, or exit 2 with one line saying what to set."""
+    try:
+        settings = StreamSettings.from_env()
+    except SettingsError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    if not settings.kafka_bootstrap:
+        console.print("[red]error:[/] set FLUXSCORE_KAFKA_BOOTSTRAP (or KAFKA_BOOTSTRAP)")
+        raise typer.Exit(2)
+    return settings
+
+
+def _unreachable(exc: BrokerUnavailableError) -> typer.Exit:
+    # soft_wrap: one line whatever the width, so the address stays whole for the reader and for grep.
+    console.print(f"[red]error:[/] {escape(str(exc))} (FLUXSCORE_CONNECT_TIMEOUT sets the wait)", soft_wrap=True,
+                  highlight=False)
+    return typer.Exit(3)
 
 
 def produce(
@@ -59,23 +80,60 @@ def produce(
     topic: Annotated[str | None, typer.Option(help="target topic (default: the raw articles topic)")] = None,
     rate: Annotated[float, typer.Option(help="messages per second; 0 = as fast as possible")] = 0.0,
     limit: Annotated[int | None, typer.Option(help="stop after this many messages")] = None,
+    validate: Annotated[bool, typer.Option(
+        help="reject lines the workers would dead-letter (not an article, above the FLUXSCORE_MAX_* limits); "
+             "--no-validate publishes every line that fits in a message")] = True,
 ) -> None:
-    """Publish a JSONL file of articles to Kafka, one message per line, keyed by article id."""
-    from streams.kafka import produce_file
+    """Publish a JSONL file of articles to Kafka, one message per line (its bytes as they are), keyed by
+    article id.
+
+    A line that is not published is reported with its number and reason; the others still are.
+
+    Exit codes:
+    0  every line published
+    1  some lines rejected (the others published)
+    2  a setting is missing or invalid
+    3  the broker could not be reached within FLUXSCORE_CONNECT_TIMEOUT seconds
+    """
+    from scoring.article import parse_article
+    from scoring.settings import ScoringSettings
+    from streams.kafka import RejectedLine, publish_file, quiet_client_logs
     from streams.topics import Topics
 
-    settings = StreamSettings.from_env()
-    if not settings.kafka_bootstrap:
-        console.print("[red]error:[/] set FLUXSCORE_KAFKA_BOOTSTRAP (or KAFKA_BOOTSTRAP)")
-        raise typer.Exit(2)
+    settings = _stream_settings()
+    assert settings.kafka_bootstrap is not None
+    try:
+        # The bounds the workers apply, so a producer learns at once what the pipeline would dead-letter.
+        limits = ScoringSettings.from_env().limits
+    except SettingsError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     topics = Topics.from_settings(settings)
     name = topic or topics.raw.name
+
+    def check(line: bytes) -> None:
+        parse_article(line, limits=limits)
+
+    def report(rejected: RejectedLine) -> None:
+        console.print(f"[yellow]line {rejected.line} not published:[/] {escape(rejected.reason)}", highlight=False,
+                      soft_wrap=True)
+
     started = time.perf_counter()
-    count = asyncio.run(produce_file(file, settings.kafka_bootstrap, name, partitions=topics.raw.partitions,
-                                     replication=settings.replication, rate=rate, limit=limit,
-                                     max_batch_bytes=settings.producer_max_batch_bytes))
+    try:
+        with quiet_client_logs():
+            result = asyncio.run(publish_file(
+                file, settings.kafka_bootstrap, name, partitions=topics.raw.partitions,
+                replication=settings.replication, rate=rate, limit=limit,
+                max_batch_bytes=settings.producer_max_batch_bytes, max_message_bytes=settings.max_message_bytes,
+                check=check if validate else None, on_reject=report, connect_timeout=settings.connect_timeout))
+    except BrokerUnavailableError as exc:
+        raise _unreachable(exc) from None
     seconds = time.perf_counter() - started
-    console.print(f"published {count} messages to {name} in {seconds:.1f} s")
+    rejected = len(result.rejected)
+    console.print(f"published {result.published} messages to {escape(name)} in {seconds:.1f} s; "
+                  f"rejected {rejected} line{'' if rejected == 1 else 's'}", highlight=False, soft_wrap=True)
+    if rejected:
+        raise typer.Exit(1)
 
 
 def _decode_value(value: bytes | None) -> Any:
@@ -96,45 +154,57 @@ def _message_json(msg: Any) -> dict[str, Any]:
 
 def _pretty(body: dict[str, Any]) -> str:
     value = body["value"]
-    where = f"[dim]{body['topic']}[{body['partition']}]@{body['offset']}[/]"
+    # Everything below comes from the topic: a "[filter=…]" in an error message (or any bracket in an id)
+    # must print as text, not vanish as rich markup.
+    e = escape
+    where = f"[dim]{e(str(body['topic']))}\\[{body['partition']}]@{body['offset']}[/]"
     if isinstance(value, dict) and "tier" in value and "filter" in value:
         tier = value["tier"]
         color = {"HIGH": "green", "MEDIUM": "yellow", "LOW": "white"}.get(tier, "white")
-        return (f"{where} {value['article_id']}  {value['filter']['name']}@{value['filter']['version']}  "
-                f"[{color}]{tier:<6}[/] {value['weighted_average']:5.2f}  via {value['stage']}")
+        return (f"{where} {e(str(value['article_id']))}  "
+                f"{e(str(value['filter']['name']))}@{e(str(value['filter']['version']))}  "
+                f"[{color}]{e(f'{tier:<6}')}[/] {value['weighted_average']:5.2f}  via {e(str(value['stage']))}")
     if isinstance(value, dict) and "error" in value and "stage" in value:
-        return (f"{where} [red]DLQ[/] {value.get('article_id') or '-'}  stage={value['stage']}  "
-                f"{value['error']['type'].rsplit('.', 1)[-1]}: {value['error']['message']}")
-    return f"{where} {orjson.dumps(value).decode()[:300]}"
+        return (f"{where} [red]DLQ[/] {e(str(value.get('article_id') or '-'))}  stage={e(str(value['stage']))}  "
+                f"{e(str(value['error']['type']).rsplit('.', 1)[-1])}: {e(str(value['error']['message']))}")
+    return f"{where} {e(orjson.dumps(value).decode()[:300])}"
 
 
 async def tail(bootstrap: str, topic: str, *, as_json: bool, from_beginning: bool, limit: int | None,
-               idle_timeout: float | None) -> int:
-    from streams.kafka import make_consumer
+               idle_timeout: float | None, connect_timeout: float = 30.0) -> int:
+    """Print the messages of ``topic``; at most ``limit`` in all (whatever the partitions); returns the count.
 
+    Raises :class:`~streams.kafka.TopicNotFoundError` when the topic does not exist (a consumer would wait
+    for it in silence) and :class:`BrokerUnavailableError` after ``connect_timeout`` s without the broker.
+    """
+    from streams.kafka import TopicNotFoundError, make_consumer, similar_topics, start_client, topic_names
+
+    existing = await topic_names(bootstrap, timeout=connect_timeout)
+    if topic not in existing:
+        raise TopicNotFoundError(topic, bootstrap=bootstrap, similar=similar_topics(topic, existing))
     consumer = make_consumer(bootstrap, topic, from_beginning=from_beginning)
-    await consumer.start()
+    await start_client(consumer, bootstrap, connect_timeout)
     out = Console(highlight=False, soft_wrap=True)
     seen = 0
     try:
         last = time.monotonic()
         while limit is None or seen < limit:
-            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            wanted = 500 if limit is None else min(500, limit - seen)
+            batches = await consumer.getmany(timeout_ms=500, max_records=wanted)
             if not batches:
                 if idle_timeout is not None and time.monotonic() - last > idle_timeout:
                     break
                 continue
             last = time.monotonic()
-            for messages in batches.values():
-                for msg in messages:
-                    body = _message_json(msg)
-                    if as_json:
-                        sys.stdout.write(orjson.dumps(body).decode() + "\n")
-                    else:
-                        out.print(_pretty(body))
-                    seen += 1
-                    if limit is not None and seen >= limit:
-                        break
+            # One batch holds messages of several partitions: the limit counts them all together.
+            messages = [msg for part in batches.values() for msg in part]
+            for msg in messages[:wanted]:
+                body = _message_json(msg)
+                if as_json:
+                    sys.stdout.write(orjson.dumps(body).decode() + "\n")
+                else:
+                    out.print(_pretty(body))
+                seen += 1
             sys.stdout.flush()
     finally:
         await consumer.stop()
@@ -145,21 +215,36 @@ def consume(
     topic: Annotated[str, typer.Argument(help="topic name, e.g. scores.all (FLUXSCORE_TOPIC_PREFIX is added)")],
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line instead of pretty output")] = False,
     from_beginning: Annotated[bool, typer.Option("--from-beginning/--latest")] = True,
-    limit: Annotated[int | None, typer.Option(help="exit after this many messages")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="exit after this many messages (in all partitions "
+                                                          "together)")] = None,
     idle_timeout: Annotated[float | None, typer.Option(help="exit after this many seconds without a message")]
     = None,
 ) -> None:
-    """Tail a topic: scores pretty-printed, dead letters with their reason, or raw JSON lines."""
-    settings = StreamSettings.from_env()
-    if not settings.kafka_bootstrap:
-        console.print("[red]error:[/] set FLUXSCORE_KAFKA_BOOTSTRAP (or KAFKA_BOOTSTRAP)")
-        raise typer.Exit(2)
+    """Tail a topic: scores pretty-printed, dead letters with their reason, or raw JSON lines.
+
+    Exit codes:
+    0  done (limit reached, idle timeout, or interrupted)
+    1  the topic does not exist (topics with a similar name are listed)
+    2  a setting is missing or invalid
+    3  the broker could not be reached within FLUXSCORE_CONNECT_TIMEOUT seconds
+    """
+    from streams.kafka import TopicNotFoundError, quiet_client_logs
+
+    settings = _stream_settings()
+    assert settings.kafka_bootstrap is not None
     name = topic if topic.startswith(settings.topic_prefix) else settings.topic_prefix + topic
     try:
-        asyncio.run(tail(settings.kafka_bootstrap, name, as_json=as_json, from_beginning=from_beginning,
-                         limit=limit, idle_timeout=idle_timeout))
+        with quiet_client_logs():
+            asyncio.run(tail(settings.kafka_bootstrap, name, as_json=as_json, from_beginning=from_beginning,
+                             limit=limit, idle_timeout=idle_timeout, connect_timeout=settings.connect_timeout))
     except KeyboardInterrupt:
         pass
+    except TopicNotFoundError as exc:
+        added = f" (FLUXSCORE_TOPIC_PREFIX {settings.topic_prefix!r} was added)" if name != topic else ""
+        console.print(f"[red]error:[/] {escape(str(exc))}{escape(added)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except BrokerUnavailableError as exc:
+        raise _unreachable(exc) from None
 
 
 def demo(
@@ -179,6 +264,16 @@ def register(app: typer.Typer) -> None:
     app.command("produce")(produce)
     app.command("consume")(consume)
     app.command("demo")(demo)
+    from streams.admin import topics_app
+
+    app.add_typer(topics_app, name="topics")
+    from streams.annotate.cli import annotate_app
+
+    app.add_typer(annotate_app, name="annotate")
+    # replay: re-score a range of articles.raw (or a file) with pinned package versions (streams/replay.py).
+    from streams.replay import replay_command
+
+    app.command("replay")(replay_command)
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,109 @@ def test_an_article_that_breaks_scoring_is_rejected_alone(tmp_path: Path, monkey
     (reject,) = rejects
     assert (reject["line"], reject["error"]) == (2, "RecursionError")
     assert orjson.loads(reject["raw"])["id"] == "ok-1", "the line is kept verbatim"
+
+
+def test_the_progress_counts_articles_and_labels_their_rate(tmp_path: Path) -> None:
+    result, records, _ = _score(tmp_path, [orjson.dumps(valid_record(i)) for i in range(3)] + [b"not json"])
+    assert result.exit_code == 0, result.output
+    assert "3 articles scored, 1 rejected" in result.output
+    assert "articles/s" in result.output and "art/s" not in result.output.replace("articles/s", "")
+    assert len(records) == 6
+
+
+def test_nothing_scored_exits_4_with_its_reason(tmp_path: Path) -> None:
+    result, records, rejects = _score(tmp_path, [b"not json", orjson.dumps({"id": "x"})[:-1]])
+    assert result.exit_code == 4, result.output
+    assert records == [] and len(rejects) == 2
+    assert "nothing could be scored: all 2 lines were rejected" in result.output
+
+
+def test_an_output_problem_names_the_output_not_the_input(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(valid_record(0)) + b"\n")
+    missing = tmp_path / "missing" / "dir" / "out.jsonl"
+    result = CliRunner().invoke(_app(), ["score", str(src), "-o", str(missing)], env={"FLUXSCORE_DEVICE": "cpu"})
+    assert result.exit_code == 2, result.output
+    assert f"cannot write the output file {missing}" in result.output
+    assert "cannot read" not in result.output
+    rejects = tmp_path / "missing" / "r.jsonl"
+    result = CliRunner().invoke(_app(), ["score", str(src), "-o", str(tmp_path / "o.jsonl"), "--rejects",
+                                         str(rejects)], env={"FLUXSCORE_DEVICE": "cpu"})
+    assert result.exit_code == 2 and f"cannot write the rejects file {rejects}" in result.output
+
+
+def test_a_write_error_while_scoring_names_the_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full(io.BytesIO):
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_init = cli._Sink.__init__
+
+    def init(self: Any, path: Path, what: str) -> None:
+        # A disk that fills up while records are written: the output is to blame, not the input.
+        real_init(self, path, what)
+        self._fh.close()
+        self._fh = Full()
+
+    monkeypatch.setattr(cli._Sink, "__init__", init)
+    result, _, _ = _score(tmp_path, [orjson.dumps(valid_record(0))])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write the output file {tmp_path / 'out.jsonl'}: No space left on device" in result.output
+    assert "cannot read" not in result.output
+
+
+def test_filter_errors_keep_their_bracketed_context(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(valid_record(0)) + b"\n")
+    result = CliRunner().invoke(_app(), ["score", str(src), "-o", str(tmp_path / "o.jsonl"), "-f", "nosuch"])
+    assert result.exit_code == 3, result.output
+    assert "[filter=nosuch]" in result.output, "rich must not read the context as markup"
+
+
+def test_default_rejects_file_is_the_output_name_with_rejects_before_jsonl() -> None:
+    assert cli.default_rejects(Path("d/scores.jsonl")) == Path("d/scores.rejects.jsonl")
+    assert cli.default_rejects(Path("d/scores.out")) == Path("d/scores.out.rejects.jsonl")
+
+
+def test_help_documents_the_exit_codes_whole_at_80_columns() -> None:
+    result = CliRunner().invoke(_app(), ["score", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    for line in ("0  articles were scored", "1  scoring failed", "2  the input cannot be read",
+                 "3  the filters could not be loaded", "4  nothing could be scored"):
+        assert line in result.output
+    assert "…" not in result.output
+
+
+def _names() -> list[str]:
+    from scoring.package import available
+
+    return sorted(available())
+
+
+def test_filters_list_not_a_terminal_prints_every_row_whole_on_one_line() -> None:
+    result = CliRunner().invoke(_app(), ["filters", "list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output and "\x1b[" not in result.output, "no ellipsis, no colour codes in a pipe"
+    rows = [line.split("│") for line in result.output.splitlines() if line.count("│") > 5]
+    assert sorted({row[1].strip() for row in rows}) == _names(), "one line per package, every name whole"
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_filters_list_in_a_narrow_terminal_keeps_every_name_whole(columns: int) -> None:
+    result = CliRunner().invoke(_app(), ["filters", "list"], env={"COLUMNS": str(columns), "TTY_COMPATIBLE": "1"})
+    assert result.exit_code == 0, result.output
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    lines = text.splitlines()
+    assert "…" not in text
+    assert all(len(line.rstrip()) <= columns for line in lines)
+    for name in _names():
+        assert name in lines, f"{name} on a line of its own, whole"
+    assert any(line.strip().startswith("package_hash") for line in lines)
+
+
+def test_filters_list_in_a_wide_terminal_is_a_table() -> None:
+    result = CliRunner().invoke(_app(), ["filters", "list"], env={"COLUMNS": "250", "TTY_COMPATIBLE": "1"})
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    assert "…" not in text
+    rows = {line.split("│")[1].strip() for line in text.splitlines() if line.count("│") > 5}
+    assert rows == set(_names())
