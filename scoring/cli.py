@@ -350,6 +350,47 @@ def list_filters() -> None:
     print_table(table, Console())
 
 
+def show_settings(
+    markdown: Annotated[bool, typer.Option(help="the README's table of every variable instead of the values")] =
+    False,
+) -> None:
+    """Every setting with the value in effect here (from the environment or its default); secrets masked."""
+    from pydantic import SecretStr
+
+    from scoring.exceptions import SettingsError
+    from scoring.settings import SETTINGS_MODULES, FluxscoreSettings, documented_table, env_name
+
+    table_text = documented_table()  # also imports every part's settings module
+    if markdown:
+        typer.echo(table_text, nl=False)
+        return
+    rows: list[tuple[str, str, str]] = []
+    for cls in FluxscoreSettings.registry:
+        if not any(cls.__module__.startswith(name) for name in SETTINGS_MODULES):
+            continue
+        try:
+            values = cls.from_env()
+        except SettingsError as exc:
+            rows.append((cls.doc_title or cls.__name__, "(invalid)", str(exc)))
+            continue
+        for field in type(values).model_fields:
+            value = getattr(values, field)
+            shown = "********" if isinstance(value, SecretStr) else (
+                ",".join(map(str, value)) if isinstance(value, tuple) else str(value))
+            rows.append((cls.doc_title or cls.__name__, env_name(cls, field), shown))
+    if not sys.stdout.isatty():
+        for group, name, value in rows:
+            typer.echo(f"{name}\t{value}\t{group}")
+        return
+    table = Table(title="fluxscore settings in effect")
+    for col in ("variable", "value", "part"):
+        table.add_column(col, overflow="fold")
+    for group, name, value in rows:
+        table.add_row(escape(name), escape(value), escape(group))
+    Console().print(table)
+
+
 def register(app: typer.Typer) -> None:
     app.command("score")(score)
     app.add_typer(filters_app, name="filters")
+    app.command("settings")(show_settings)

@@ -184,3 +184,14 @@ def test_filters_list_in_a_wide_terminal_is_a_table() -> None:
     assert "…" not in text
     rows = {line.split("│")[1].strip() for line in text.splitlines() if line.count("│") > 5}
     assert rows == set(_names())
+
+
+def test_settings_shows_the_values_in_effect_and_masks_secrets() -> None:
+    secret = "s3cret-" + "x" * 40
+    result = CliRunner().invoke(_app(), ["settings"], env={"FLUXSCORE_STAGE1_BATCH": "12",
+                                                            "FLUXSCORE_ANNOTATE_SESSION_SECRET": secret})
+    assert result.exit_code == 0, result.output
+    assert "FLUXSCORE_STAGE1_BATCH\t12\t" in result.output
+    assert secret not in result.output and "FLUXSCORE_ANNOTATE_SESSION_SECRET\t********" in result.output
+    table = CliRunner().invoke(_app(), ["settings", "--markdown"])
+    assert table.output.startswith("| variable | default | meaning |")
