@@ -5,9 +5,11 @@
 
 import os
 
+from scoring.settings import ScoringSettings
+
 # As the fluxscore command does: our tables, not transformers' per-load progress bars, and no hub calls
 # from `make bench` (which exports FLUXSCORE_OFFLINE=1).
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if os.environ.get("FLUXSCORE_OFFLINE") == "1":
+if ScoringSettings.from_env().offline:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -93,7 +93,10 @@ class Cluster:
 
 
 def cluster(run_dir: Path) -> Cluster:
-    bootstrap, redis = os.environ.get("KAFKA_BOOTSTRAP"), os.environ.get("REDIS_URL")
+    from streams.settings import StreamSettings
+
+    given = StreamSettings.from_env()
+    bootstrap, redis = given.kafka_bootstrap, given.redis_url
     broker = None if bootstrap else EmbeddedBroker(log_path=run_dir / "tansu.log").start()
     server = None if redis else EmbeddedRedis(directory=run_dir).start()
     return Cluster(bootstrap or (broker.bootstrap if broker else ""), redis or (server.url if server else ""),
@@ -192,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--articles", type=int, default=1000)
     parser.add_argument("--data", type=Path, help="JSONL of articles instead of synthetic ones")
-    parser.add_argument("--filters", default=os.environ.get("FLUXSCORE_FILTERS", "demo,demo_tech"))
+    parser.add_argument("--filters", default=None, help="filter refs (default: FLUXSCORE_FILTERS)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64, help="in-process batch = the probe agent's batch")
     parser.add_argument("--skip-scale", action="store_true", help="only the in-process vs broker ratio")
@@ -201,7 +204,10 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                         help="torch threads per worker in the 1-vs-2 run (1: each worker gets one core)")
     args = parser.parse_args(argv)
 
-    filters = [f.strip() for f in args.filters.split(",") if f.strip()]
+    from streams.settings import StreamSettings
+
+    filters = [f.strip() for f in args.filters.split(",") if f.strip()] if args.filters else \
+        list(StreamSettings.from_env().filters)
     packages = [resolve(f) for f in filters]
     lines = load_lines(args.articles, args.data)
     source = str(args.data) if args.data else "synthetic (training/synth.py, seed 2024)"

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 
+from scoring.settings import ScoringSettings
+
 # Read by huggingface_hub at import time, so it must be set before anything imports transformers.
-if os.environ.get("FLUXSCORE_OFFLINE") == "1":
+if ScoringSettings.from_env().offline:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Our own progress display is rich's; transformers' per-load weight bars would interleave with it.
@@ -94,7 +96,7 @@ def unavailable(app: typer.Typer, missing: Sequence[MissingPart], args: Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("FLUXSCORE_LOG_LEVEL", "WARNING").upper(),
+    logging.basicConfig(level=ScoringSettings.from_env().log_level,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # Whatever the level: HTTP client loggers stay at WARNING (their DEBUG lines print headers and URLs
     # that can carry an API key), and registered secrets are scrubbed from every line.

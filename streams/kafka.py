@@ -54,33 +54,39 @@ def quiet_client_logs(level: int = logging.CRITICAL) -> Iterator[None]:
 
 
 T = TypeVar("T")
+# Under "aiokafka" on purpose: a worker's log shows these waits like the client's own lines, and a
+# command's quiet_client_logs silences both while it waits for its one-line verdict.
+_CONNECT_LOG = logging.getLogger("aiokafka.fluxscore.connect")
 
 
 async def _with_admin(bootstrap: str, timeout: float, call: Callable[[AIOKafkaAdminClient], Awaitable[T]]) -> T:
     """``call(admin)``, retried while the broker is still coming up, for at most ``timeout`` seconds in all."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: BaseException | None = None
+    from scoring.retry import retry_bounded
+
+    last: list[BaseException] = []
+
+    async def attempt() -> T:
+        admin = AIOKafkaAdminClient(bootstrap_servers=servers(bootstrap),
+                                    request_timeout_ms=max(1000, min(10_000, int(timeout * 1000))))
+        try:
+            await admin.start()
+            return await call(admin)
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            last[:] = [exc]
+            raise
+        finally:
+            await admin.close()
+
     try:
         # The overall bound also covers an address that swallows packets, where one connection attempt
-        # alone would hang for the client's request timeout.
+        # alone would hang for the client's request timeout; the project's one backoff policy retries.
         async with asyncio.timeout(timeout):
-            while True:
-                admin = AIOKafkaAdminClient(bootstrap_servers=servers(bootstrap),
-                                            request_timeout_ms=max(1000, min(10_000, int(timeout * 1000))))
-                try:
-                    await admin.start()
-                    return await call(admin)
-                except (KafkaConnectionError, KafkaError, OSError) as exc:
-                    last = exc
-                    if loop.time() + 0.5 > deadline:
-                        break
-                    await asyncio.sleep(0.5)
-                finally:
-                    await admin.close()
-    except TimeoutError:
+            return await retry_bounded(attempt, retry_on=(KafkaConnectionError, KafkaError, OSError),
+                                       what=f"Kafka at {bootstrap}", max_time=timeout, initial=0.25,
+                                       max_backoff=2.0, logger=_CONNECT_LOG)
+    except (TimeoutError, KafkaConnectionError, KafkaError, OSError):
         pass
-    raise _unreachable(bootstrap, timeout, last)
+    raise _unreachable(bootstrap, timeout, last[0] if last else None)
 
 
 def _unreachable(bootstrap: str, timeout: float, last: BaseException | None) -> BrokerUnavailableError:

@@ -7,7 +7,6 @@ and ``skip`` talk to a running service's JSON API (``FLUXSCORE_ANNOTATE_URL``) w
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -61,7 +60,7 @@ def _demo_setup(settings: AnnotateSettings) -> tuple[AnnotateSettings, Any]:
         (DEMO_DIR / "redis").mkdir(exist_ok=True)
         redis.start()
         changes["redis_url"] = redis.url
-    if "FLUXSCORE_LABELS_DB" not in os.environ:
+    if "labels_db" not in settings.model_fields_set:  # not given: the demo keeps its labels beside its queue
         changes["labels_db"] = str((DEMO_DIR / "labels.db").resolve())
     settings = settings.replace(**changes) if changes else settings
     store = LabelStore(settings.labels_db)
