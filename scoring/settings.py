@@ -163,8 +163,9 @@ def settings_table(classes: list[type[FluxscoreSettings]] | None = None) -> str:
     for cls in classes or FluxscoreSettings.registry:
         lines.append(f"| **{cls.doc_title or cls.__name__}** | | |")
         for name, info in cls.model_fields.items():
-            if info.exclude:
-                continue
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if info.exclude or extra.get("documented_by"):
+                continue  # a variable another class documents (one row per variable)
             variables = env_name(cls, name)
             alias = info.validation_alias
             if isinstance(alias, AliasChoices) and len(alias.choices) > 1:

@@ -30,6 +30,10 @@ class Topics:
     scores_partitions: int
     shadow: TopicSpec
     drift: TopicSpec
+    # Per-filter topics of active learning: ``<base>.<filter>``, as the score topics are.
+    active_learning_base: str = "active-learning"
+    labels_base: str = "labels"
+    queue_partitions: int = 4
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> Topics:
@@ -41,11 +45,17 @@ class Topics:
         topics = cls(prefix=p, raw=spec(settings.topic_raw, "raw"), screened=spec(settings.topic_screened, "screened"),
                      escalated=spec(settings.topic_escalated, "escalated"), dlq=spec(settings.topic_dlq, "dlq"),
                      scores_base=_checked(p + settings.topic_scores), scores_partitions=parts["scores"],
-                     shadow=spec(settings.topic_shadow, "scores"), drift=spec(settings.topic_drift, "scores"))
+                     shadow=spec(settings.topic_shadow, "scores"), drift=spec(settings.topic_drift, "scores"),
+                     active_learning_base=_checked(p + settings.topic_active_learning),
+                     labels_base=_checked(p + settings.topic_labels), queue_partitions=settings.default_partitions)
         names = [t.name for t in (topics.raw, topics.screened, topics.escalated, topics.dlq, topics.shadow,
                                   topics.drift)]
         if len(set(names)) != len(names):
             raise StreamSettingsError(f"two stream topics have the same name: {names}")
+        # Per-filter families must not share a base either: labels.<f> would be scores.<f>.
+        bases = [topics.scores_base, topics.active_learning_base, topics.labels_base]
+        if len(set(bases)) != len(bases):
+            raise StreamSettingsError(f"two per-filter topic families have the same base name: {bases}")
         return topics
 
     def scores(self, filter_name: str) -> TopicSpec:
@@ -57,6 +67,14 @@ class Topics:
     @property
     def all_scores(self) -> TopicSpec:
         return TopicSpec(f"{self.scores_base}.{ALL_SCORES}", self.scores_partitions)
+
+    def active_learning(self, filter_name: str) -> TopicSpec:
+        """``<prefix>active-learning.<filter>``: the labelling queue of one filter (keyed by article id)."""
+        return TopicSpec(_checked(f"{self.active_learning_base}.{filter_name}"), self.queue_partitions)
+
+    def labels(self, filter_name: str) -> TopicSpec:
+        """``<prefix>labels.<filter>``: the oracle's labels and rejections for one filter (keyed by article id)."""
+        return TopicSpec(_checked(f"{self.labels_base}.{filter_name}"), self.queue_partitions)
 
     def pipeline_topics(self, filters: list[str] | tuple[str, ...] = ()) -> list[TopicSpec]:
         """Every topic the pipeline roles read or write, for creating them up front."""

@@ -18,11 +18,11 @@ from pydantic_settings import NoDecode
 from scoring.exceptions import SettingsError
 from scoring.settings import Flag, FluxscoreSettings, _flag
 from streams.annotate.exceptions import AnnotateSettingsError
+from training.labels import DEFAULT_DB
 
 # A filter package's name (scoring.package.FilterConfig.name); `all` is the combined score topic's.
 FILTER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 # Where the label store lives unless told: a user-level data directory, so labels outlive a checkout.
-DEFAULT_LABELS_DB = "~/.local/share/fluxscore/labels.db"
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -68,9 +68,11 @@ class AnnotateSettings(FluxscoreSettings):
     redis_prefix: str = Field("fluxscore-annotate", min_length=1,
                               validation_alias=_alias("FLUXSCORE_ANNOTATE_REDIS_PREFIX"),
                               description="prefix of the annotator's Redis keys")
-    labels_db: str = Field(DEFAULT_LABELS_DB, min_length=1, validation_alias=_alias("FLUXSCORE_LABELS_DB"),
-                           description="the label store: a SQLite file path, or a SQLAlchemy URL "
-                                       "(`postgresql+psycopg://…`)")
+    # The same variable as training.labels.LabelsSettings (documented there, once): the service's settings
+    # stay one object, and both read one default.
+    labels_db: str = Field(str(DEFAULT_DB), min_length=1, validation_alias=_alias("FLUXSCORE_LABELS_DB"),
+                           json_schema_extra={"documented_by": "LabelsSettings"},
+                           description="the label store (see `FLUXSCORE_LABELS_DB` above)")
     group: str = Field("fluxscore-annotate", min_length=1, validation_alias=_alias("FLUXSCORE_ANNOTATE_GROUP"),
                        description="Kafka consumer group that moves `active-learning.<filter>` into Redis")
     session_secret: SecretStr | None = Field(

@@ -11,6 +11,8 @@ is split by job:
 | :mod:`~training.oracle.providers` | request and response code per API; ``Retry-After`` and ``retryDelay`` |
 | :mod:`~training.oracle.labeller` | concurrency, rate limit, retries, resume, accounting; :func:`label_file` |
 | :mod:`~training.oracle.errors` | :class:`OracleError` and its kinds (training errors) |
+| :mod:`~training.oracle.worker_api` | :class:`Oracle`: one item at a time, for the ``oracle`` stream role |
+| :mod:`~training.oracle.fake` | a fake OpenAI/Gemini API (tests, ``fluxscore demo``) |
 
 The API key is read from the named variable when labelling starts; it is sent only in a header. It and
 its URL-encoded and JSON-escaped forms are scrubbed (:mod:`scoring.redact`) from every string that
@@ -38,8 +40,9 @@ from training.oracle.labeller import (
 )
 from training.oracle.providers import Usage, parse_retry_after
 from training.oracle.settings import OracleSettings
+from training.oracle.worker_api import Oracle, OracleRejection, OracleUnavailableError
 
-__all__ = ["LabelEvent", "LabelSummary", "OracleAnswerError", "OracleConfigError", "OracleError",
-           "OracleRequestError", "OracleSettings", "RateLimiter", "Usage", "build_messages", "completed_ids",
-           "extract_json", "label_articles", "label_file", "parse_answer", "parse_retry_after", "read_articles",
-           "validate_scores"]
+__all__ = ["LabelEvent", "LabelSummary", "Oracle", "OracleAnswerError", "OracleConfigError", "OracleError",
+           "OracleRejection", "OracleRequestError", "OracleSettings", "OracleUnavailableError", "RateLimiter", "Usage",
+           "build_messages", "completed_ids", "extract_json", "label_articles", "label_file", "parse_answer",
+           "parse_retry_after", "read_articles", "validate_scores"]

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -183,16 +183,33 @@ class _OracleWait(wait_base):
 
 # ------------------------------------------------------------------------------------------ labeller
 
+@dataclass
+class Judged:
+    """What the oracle made of one article, before anything is written: the scores, or the last failure."""
+
+    scores: dict[str, float] | None
+    reasoning: str | None
+    usage: Usage
+    attempts: int
+    truncated: bool
+    error: BaseException | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
 class _Labeller:
+    """One package's prompt through the API. ``out``/``rejects`` are the batch command's files (None for
+    the stream worker, which only judges); ``limiter`` is shared when several packages share one rate."""
+
     def __init__(self, package: FilterPackage, settings: OracleSettings, key: str, client: httpx.AsyncClient,
-                 out: IO[bytes], rejects: IO[bytes], progress: Callable[[LabelEvent], None] | None) -> None:
+                 out: IO[bytes] | None, rejects: IO[bytes] | None, progress: Callable[[LabelEvent], None] | None,
+                 *, limiter: RateLimiter | None = None) -> None:
         self.package = package
         self.settings = settings
         self.out = out
         self.rejects = rejects
         self.progress = progress
         self.summary = LabelSummary()
-        self.limiter = RateLimiter(settings.rpm)
+        self.limiter = limiter or RateLimiter(settings.rpm)
         self.wait = _OracleWait(settings, self.limiter)
         self.redactor = Redactor([key])
         self.api: Provider = make_provider(settings, key, client)
@@ -221,7 +238,8 @@ class _Labeller:
             self.progress(LabelEvent(kind, self.redact(article_id), attempt, self.redact(detail),
                                      replace(self.summary)))
 
-    def write(self, fh: IO[bytes], record: dict[str, Any]) -> None:
+    def write(self, fh: IO[bytes] | None, record: dict[str, Any]) -> None:
+        assert fh is not None, "this labeller judges only; it has no files to write"
         # The whole record is scrubbed, not chosen fields: the model's free text (reasoning,
         # evidence), the raw answers of a reject and the article itself may all quote the key.
         # One write + flush per record, with no await in between: records never interleave, and a
@@ -247,8 +265,9 @@ class _Labeller:
                           "thinking_tokens": usage.thinking_tokens, "attempts": attempts,
                           "cost": self.settings.cost(usage.input_tokens, usage.output_tokens)}}
 
-    async def label(self, article: Article) -> None:
-        text = article_text(article)
+    async def judge(self, article_id: str, text: str) -> Judged:
+        """Ask the oracle about one article's text, with the retries of the policy; raises only what ends
+        the run (:class:`OracleRequestError`: 401/403/404)."""
         truncated = len(text) > self.settings.max_chars
         system, user = build_messages(self.package, self.prompt, text[: self.settings.max_chars])
         usage = Usage()
@@ -271,15 +290,24 @@ class _Labeller:
 
         def on_retry(exc: BaseException, attempt: int) -> None:
             self.summary.retries += 1
-            self.emit("retry", article.id, attempt, self.reason(exc))
+            self.emit("retry", article_id, attempt, self.reason(exc))
 
         try:
             scores, reasoning = await retry_bounded(
-                attempt, retry_on=(RetryableRequest, OracleAnswerError), what=f"article {self.redact(article.id)}",
+                attempt, retry_on=(RetryableRequest, OracleAnswerError), what=f"article {self.redact(article_id)}",
                 max_attempts=self.settings.max_attempts, wait=self.wait, on_retry=on_retry, logger=log,
                 describe=self.reason)
         except (RetryableRequest, OracleAnswerError, ArticleFailure) as exc:
             # Out of attempts, or a failure no retry can fix for this article (a 400, a blocked prompt).
+            return Judged(None, None, usage, len(history), truncated, error=exc, history=history)
+        return Judged(scores, reasoning, usage, len(history) + 1, truncated, history=history)
+
+    async def label(self, article: Article) -> None:
+        judged = await self.judge(article.id, article_text(article))
+        usage, truncated, history = judged.usage, judged.truncated, judged.history
+        if judged.scores is None:
+            exc = judged.error
+            assert exc is not None  # no scores: judge() kept the last failure
             reject = self.oracle_block(usage, len(history), truncated)
             reject.pop("labelled_at")
             reason = self.reason(exc)
@@ -289,9 +317,9 @@ class _Labeller:
             self.summary.rejected += 1
             self.emit("rejected", article.id, len(history), reason)
             return
-        oracle = self.oracle_block(usage, len(history) + 1, truncated)
-        oracle["scores"] = scores
-        oracle["reasoning"] = reasoning
+        oracle = self.oracle_block(usage, judged.attempts, truncated)
+        oracle["scores"] = judged.scores
+        oracle["reasoning"] = judged.reasoning
         self.write(self.out, {**article.to_dict(), "oracle": oracle})
         self.summary.labelled += 1
         self.emit("labelled", article.id, len(history) + 1, "")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from scoring.exceptions import SettingsError
-from streams.annotate.settings import DEFAULT_LABELS_DB, AnnotateSettings
+from streams.annotate.settings import AnnotateSettings
+from training.labels import DEFAULT_DB
 
 
 def test_defaults_are_loopback_one_label_and_a_user_level_label_store() -> None:
     s = AnnotateSettings.from_env({})
-    assert (s.host, s.overlap, s.filters, s.labels_db) == ("127.0.0.1", 1, ("demo", "demo_tech"), DEFAULT_LABELS_DB)
-    assert DEFAULT_LABELS_DB == "~/.local/share/fluxscore/labels.db"
+    assert (s.host, s.overlap, s.filters, s.labels_db) == ("127.0.0.1", 1, ("demo", "demo_tech"), str(DEFAULT_DB))
+    assert str(DEFAULT_DB) == "~/.local/share/fluxscore/labels.db"
     assert s.service_url == "http://127.0.0.1:8770"
     assert len(s.signing_key()) >= 32 and s.signing_key() != s.signing_key()  # random per start when unset
 
