@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from scoring.models import hub_offline, load_error, resolve_model_ref
+from scoring.models import hub_offline, load_error, model_revision, resolve_model_ref
 from scoring.text import encode_head_tail
 
 if TYPE_CHECKING:
@@ -109,10 +109,12 @@ def encode_cached(embedder: Embedder, texts: Sequence[str], store: EmbeddingStor
 class Embedder:
     """A loaded sentence-transformers model that encodes head+tail-truncated texts."""
 
-    def __init__(self, model: Any, model_ref: str, device: str = "cpu") -> None:
+    def __init__(self, model: Any, model_ref: str, device: str = "cpu", revision: str | None = None) -> None:
         self.model = model
         self.model_ref = model_ref
         self.device = device
+        # Which files the model was loaded from (scoring.models.model_revision), for the records' provenance.
+        self.revision = revision if revision is not None else model_revision(model_ref)
         self.tokenizer = model.tokenizer
         self.max_length = int(model.max_seq_length)
         dim = (model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension")
@@ -181,6 +183,7 @@ def load_embedder(model_ref: str, device: str = "cpu") -> Embedder:
         except Exception as exc:
             raise load_error(model_ref, "sentence-transformers encoder", exc) from exc
         model.eval()
-        embedder = Embedder(model, model_ref, device)
+        # Once per process and model, at load: every record this encoder serves names these files.
+        embedder = Embedder(model, model_ref, device, revision=model_revision(model_ref))
         _CACHE[key] = embedder
         return embedder

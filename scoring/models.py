@@ -4,16 +4,23 @@ A reference is a local path, the bundled all-MiniLM-L6-v2 package, or a hub id (
 intfloat/multilingual-e5-small). Hub ids come from the local Hugging Face cache and are downloaded on
 first use, unless ``FLUXSCORE_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``): production images bake their models
 in and run offline, so that a worker never stalls on a hub at start-up.
+
+A reference alone does not say which weights a worker loaded (a hub id moves with its ``main`` branch, a
+directory can be overwritten), so records also carry :func:`model_revision` of each model they ran.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from scoring.exceptions import ModelLoadError
-from scoring.package import hash_paths
+from scoring.package import hash_paths, sha256_file
 
 _MINILM_ALIASES = frozenset({"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
 
@@ -67,3 +74,83 @@ def file_hash(path: str | Path) -> str:
     if not path.exists():
         raise FileNotFoundError(path)
     return hash_paths(path.parent, [path.name])[:16]
+
+
+# What decides a model's outputs in a local model directory: weights, configs, tokenizer files. Not the
+# model card, and not the other runtimes' exports (onnx/, openvino/), which are large and never loaded here.
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".txt", ".model")
+_SKIPPED_DIRS = frozenset({"onnx", "openvino", ".git", ".cache", "__pycache__"})
+_REVISIONS: dict[str, str] = {}
+_REVISIONS_LOCK = threading.Lock()
+UNRESOLVED = "unresolved"
+
+
+def _model_files(root: Path) -> list[str]:
+    files: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
+        for name in filenames:
+            if name.endswith(_MODEL_SUFFIXES):
+                files.append((Path(dirpath) / name).relative_to(root).as_posix())
+    return sorted(files)
+
+
+def _local_revision(root: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel in _model_files(root):
+        digest.update(f"{rel}\0{sha256_file(root / rel)}\n".encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def _hub_revision(ref: str) -> str | None:
+    """The commit of the cached snapshot a hub id resolves to (``…/snapshots/<commit>/config.json``)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for name in ("config.json", "modules.json"):  # transformers models; sentence-transformers ones
+        try:
+            found = try_to_load_from_cache(ref, name)
+        except Exception:  # a ref that is no valid repo id (a missing local path): nothing to name
+            return None
+        if isinstance(found, str):
+            snapshot = Path(found).parent
+            if snapshot.parent.name == "snapshots":
+                return snapshot.name
+    return None
+
+
+def model_revision(ref: str) -> str:
+    """What ``ref`` (as a filter package names it) resolves to on this machine, for provenance.
+
+    ``sha256:<16 hex>`` over the weight and config files of a local directory (the bundled MiniLM
+    included), ``rev:<commit>`` of the cached hub snapshot a hub id loads from, or ``unresolved`` when
+    neither can be found. Computed once per process and model (hashing a 1B base reads 2 GB): the loaders
+    call it when they load the model, and every record of that model reuses the answer.
+    """
+    resolved = resolve_model_ref(ref)
+    with _REVISIONS_LOCK:
+        cached = _REVISIONS.get(resolved)
+        if cached is not None:
+            return cached
+        path = Path(resolved)
+        if path.is_dir():
+            revision = _local_revision(path)
+        elif path.is_file():
+            revision = f"sha256:{file_hash(path)}"
+        else:
+            commit = _hub_revision(ref)
+            revision = f"rev:{commit}" if commit else UNRESOLVED
+        _REVISIONS[resolved] = revision
+        return revision
+
+
+@functools.cache
+def fluxscore_version() -> str:
+    """The installed fluxscore distribution's version (``0+unknown`` when run from an uninstalled tree)."""
+    try:
+        return metadata.version("fluxscore")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"

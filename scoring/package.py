@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -164,8 +165,8 @@ class DriftAlerts(_Strict):
     the reference. The defaults catch the silent failures (collapsed scores, a doubled escalation rate, a
     prefilter pass rate 20 % off, a new language mix) within one window of a few hundred records."""
 
-    drifted_share: float = Field(0.5, gt=0.0, le=1.0, description="share of the watched columns whose Evidently "
-                                                                   "drift test fires")
+    drifted_share: float = Field(0.5, gt=0.0, le=1.0, description=(
+        "share of the watched columns whose Evidently drift test fires (a p-value test counting at `significance`)"))
     score_collapse: float = Field(0.5, gt=0.0, lt=1.0, description=(
         "the scored records' weighted-average mean or spread falls below this fraction of the reference's"))
     escalation_ratio: float = Field(2.0, gt=1.0, description="the stage-2 share of scored records is multiplied "
@@ -191,6 +192,19 @@ class DriftConfig(_Strict):
     alerts: DriftAlerts = Field(default_factory=DriftAlerts)
 
 
+class ActiveLearning(_Strict):
+    """Which of this filter's scored articles the ``selector`` role queues for labelling, and how many a day."""
+
+    bar: Score = Field(5.5, description="a record is a candidate when its tier is HIGH or its weighted average is "
+                                        "at or above this")
+    daily_budget: int = Field(200, ge=0, description="candidates queued for the oracle per day at most (a token "
+                                                     "bucket: this many at once, refilled evenly over 24 h); `0`: "
+                                                     "none")
+    near_duplicate: float = Field(0.95, gt=0.0, le=1.0, description=(
+        "cosine similarity of stage-1 embeddings at or above which a candidate counts as a near-duplicate of an "
+        "item already queued, and is skipped"))
+
+
 class FilterConfig(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     version: str = Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
@@ -206,6 +220,7 @@ class FilterConfig(_Strict):
     normalization: str | None = Field(None, description="percentile reference (JSON), optional")
     oracle_prompt: str = Field(description="prompt for the oracle (markdown), relative to the package")
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    active_learning: ActiveLearning = Field(default_factory=ActiveLearning)
 
     @field_validator("dimensions")
     @classmethod
@@ -249,12 +264,50 @@ class FilterConfig(_Strict):
         return files
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class FileHashCache:
+    """sha256 of files, read again only when a file's stat (inode, size, mtime, ctime) changed since.
+
+    Hot reload asks every few seconds whether a package changed; re-reading gigabytes of unchanged weights
+    each time is what made a poll outlast its interval. A stat per file answers "unchanged" instead, and a
+    changed stat costs one hash: a file touched but not changed is read once and its hash is the same.
+
+    A stat equal to the cached one can still hide a change made within the file system's timestamp
+    granularity of the moment it was hashed (the "racy clean" case git knows), so a file whose last change
+    is less than ``settle_seconds`` older than its hashing is not trusted from the cache, and is hashed
+    again next time.
+    """
+
+    def __init__(self, *, settle_seconds: float = 2.0) -> None:
+        self.settle_ns = int(settle_seconds * 1e9)
+        self._entries: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, ...]:
+        st = path.stat()
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def sha256(self, path: Path) -> str:
+        key = str(path)
+        before = self._signature(path)
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] == before:
+            return cached[1]
+        started = time.time_ns()
+        digest = sha256_file(path)
+        # Changed while being read, or too recently for its stat to tell a later change: not cached.
+        if self._signature(path) == before and started - max(before[3], before[4]) >= self.settle_ns:
+            self._entries[key] = (before, digest)
+        else:
+            self._entries.pop(key, None)
+        return digest
 
 
 def confine(root: Path, rel: str, *, field: str, ref: str) -> Path:
@@ -319,9 +372,11 @@ def check_paths(root: Path, fields: Mapping[str, str], *, ref: str) -> None:
 Hashed = dict[str, list[tuple[str, str]]]  # named relative path -> [(file relative path, sha256 hex)]
 
 
-def hash_files(root: Path, rel_paths: Iterable[str]) -> Hashed:
-    """sha256 of every file under each relative path (directories expanded); absent paths map to []."""
-    return {rel: [(file.relative_to(root).as_posix(), _sha256_file(file)) for file in _walk(root, rel)]
+def hash_files(root: Path, rel_paths: Iterable[str], cache: FileHashCache | None = None) -> Hashed:
+    """sha256 of every file under each relative path (directories expanded); absent paths map to [].
+    With ``cache``, only files whose stat changed since it last hashed them are read."""
+    digest = cache.sha256 if cache is not None else sha256_file
+    return {rel: [(file.relative_to(root).as_posix(), digest(file)) for file in _walk(root, rel)]
             for rel in sorted(set(rel_paths))}
 
 
@@ -479,6 +534,15 @@ class FilterPackage:
     def file_sha256(self) -> dict[str, str]:
         """File relative path -> sha256 of every file the package hash covers (what export records)."""
         return file_sha256(self._hashed)
+
+    def rehash(self, cache: FileHashCache) -> str:
+        """The package hash of the files as they are now, reading only those whose stat changed since
+        ``cache`` last hashed them (hot reload's cheap check); :attr:`package_hash` then answers the same."""
+        hashed = hash_files(self.path, self.hashed_paths, cache=cache)
+        for name in ("package_hash", "model_hashes"):
+            self.__dict__.pop(name, None)
+        self.__dict__["_hashed"] = hashed
+        return self.package_hash
 
     def integrity(self) -> Integrity:
         """The files as they are on disk now, against the hashes recorded at export."""

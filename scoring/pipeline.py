@@ -28,6 +28,7 @@ from scoring.calibration import Calibration
 from scoring.commerce import CommerceDetector, CommerceEvidence
 from scoring.embedding import EmbeddingKey, EmbeddingStore, embed, load_embedder
 from scoring.exceptions import PackageError, ScoringError
+from scoring.models import fluxscore_version
 from scoring.package import FilterPackage, resolve_many, search_roots
 from scoring.prefilter import Prefilter
 from scoring.probe import Probe
@@ -40,6 +41,7 @@ from scoring.records import (
     PrefilterResult,
     ScoreRecord,
     StageUsed,
+    text_hash,
 )
 from scoring.settings import ScoringSettings, resolve_device
 from scoring.student import StudentPool
@@ -113,6 +115,8 @@ class Escalation(_Wire):
     prefilter: PrefilterResult
     commerce: CommerceResult | None = None
     input: InputStats | None = None
+    # The stage-1 models the probe worker ran, so the stage-2 record names those, not the model worker's.
+    model_revisions: dict[str, str] = Field(default_factory=dict)
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
     @property
@@ -241,12 +245,18 @@ class Pipeline:
 
     def _blocked(self, loaded: LoadedFilter, article_id: str, stage: StageUsed, prefilter: PrefilterResult,
                  commerce: CommerceResult | None, timings: dict[str, float],
-                 stats: InputStats | None = None) -> ScoreRecord:
+                 stats: InputStats | None = None, *, text: str,
+                 revisions: dict[str, str] | None = None) -> ScoreRecord:
         cfg = loaded.package.config
         agg = aggregate(cfg, [0.0] * len(cfg.dimensions))
-        return ScoreRecord(article_id=article_id, filter=loaded.ref, model_hashes=loaded.model_hashes(self.commerce),
-                           stage=stage, weighted_average=0.0, tier=agg.tier, prefilter=prefilter,
-                           commerce=commerce, input=stats, timings_ms=dict(timings))
+        return ScoreRecord(article_id=article_id, filter=loaded.ref, text_hash=text_hash(text),
+                           model_hashes=loaded.model_hashes(self.commerce), model_revisions=dict(revisions or {}),
+                           fluxscore_version=fluxscore_version(), stage=stage, weighted_average=0.0, tier=agg.tier,
+                           prefilter=prefilter, commerce=commerce, input=stats, timings_ms=dict(timings))
+
+    def _revision(self, model: str) -> str:
+        """What an encoder this pipeline ran was loaded from (computed once, when it was loaded)."""
+        return load_embedder(model, self.device).revision
 
     def screen(self, articles: Sequence[Article]) -> tuple[list[ScoreRecord], list[Screened]]:
         """Commerce rules, then each filter's prefilter. Blocked pairs become final records."""
@@ -263,10 +273,10 @@ class Pipeline:
                 result = loaded.prefilter.check(article, text)
                 if early is not None and early.blocked and loaded.package.config.prefilter.block_commerce:
                     records.append(self._blocked(loaded, article.id, StageUsed.COMMERCE, result, early,
-                                                 {"prefilter": _ms(start)}, stats))
+                                                 {"prefilter": _ms(start)}, stats, text=text))
                 elif not result.passed:
                     records.append(self._blocked(loaded, article.id, StageUsed.PREFILTER, result, early,
-                                                 {"prefilter": _ms(start)}, stats))
+                                                 {"prefilter": _ms(start)}, stats, text=text))
                 else:
                     open_filters[name] = result
             if open_filters:
@@ -304,6 +314,9 @@ class Pipeline:
             if all(e is not None for e in evidence):
                 commerce_results = list(self.commerce.classify(evidence, embeddings[key]))  # type: ignore[arg-type]
 
+        # Provenance: the encoders these records' scores came from.
+        commerce_revision = ({"commerce_embedding_model": self._revision(self._commerce_key().model)}
+                             if self.commerce is not None else {})
         records: list[ScoreRecord] = []
         escalations: list[Escalation] = []
         # From what the screened item carries (text and the article's language field), so the stats are
@@ -319,25 +332,28 @@ class Pipeline:
             cfg = loaded.package.config
             calibrated = loaded.calibration.apply("stage1", cfg.dimension_names, raw)
             probe_ms = _ms(t0) / len(rows)
+            filter_revision = {"embedding_model": self._revision(loaded.embedding_key.model)}
             for j, i in enumerate(rows):
                 item = screened[i]
                 commerce = commerce_results[i]
                 timings = {**item.timings_ms, "embed": round(embed_ms, 3), "probe": round(probe_ms, 3)}
                 prefilter = item.open_filters[name]
                 if commerce is not None and commerce.blocked and cfg.prefilter.block_commerce:
-                    records.append(self._blocked(loaded, item.article.id, StageUsed.COMMERCE, prefilter,
-                                                 commerce, timings, stats[i]))
+                    records.append(self._blocked(loaded, item.article.id, StageUsed.COMMERCE, prefilter, commerce,
+                                                 timings, stats[i], text=item.text, revisions=commerce_revision))
                     continue
+                revisions = {**filter_revision, **(commerce_revision if commerce is not None else {})}
                 estimate = aggregate(cfg, calibrated[j]).uncapped_average
                 if loaded.package.has_stage2 and estimate >= cfg.stage1.threshold:
                     escalations.append(Escalation(
                         article_id=item.article.id, text=item.text, filter=name,
                         package_hash=loaded.ref.package_hash, stage1_raw=[float(v) for v in raw[j]],
                         stage1_estimate=estimate, prefilter=prefilter, commerce=commerce, input=stats[i],
-                        timings_ms=timings))
+                        model_revisions=revisions, timings_ms=timings))
                 else:
                     records.append(self._final(loaded, item.article.id, StageUsed.STAGE1, raw[j], calibrated[j],
-                                               estimate, prefilter, commerce, timings, stats=stats[i]))
+                                               estimate, prefilter, commerce, timings, stats=stats[i],
+                                               text=item.text, revisions=revisions))
         return records, escalations
 
     # -- stage 2: the students -------------------------------------------------------------------
@@ -363,11 +379,13 @@ class Pipeline:
             raw = self.students.predict(loaded.package.ref, [e.text for e in items])
             calibrated = loaded.calibration.apply("stage2", cfg.dimension_names, raw)
             student_ms = _ms(t0) / len(items)
+            revisions = {"base_model": self.students.revision(loaded.package.ref)}
             for j, item in enumerate(items):
                 timings = {**item.timings_ms, "student": round(student_ms, 3)}
                 records.append(self._final(loaded, item.article_id, StageUsed.STAGE2, raw[j], calibrated[j],
                                            item.stage1_estimate, item.prefilter, item.commerce, timings,
-                                           stale_hash=item.package_hash, stats=item.input))
+                                           stale_hash=item.package_hash, stats=item.input, text=item.text,
+                                           revisions={**item.model_revisions, **revisions}))
         return records
 
     # -- record building ---------------------------------------------------------------------------
@@ -375,7 +393,8 @@ class Pipeline:
     def _final(self, loaded: LoadedFilter, article_id: str, stage: StageUsed, raw: np.ndarray,
                calibrated: np.ndarray, estimate: float, prefilter: PrefilterResult,
                commerce: CommerceResult | None, timings: dict[str, float],
-               stale_hash: str | None = None, stats: InputStats | None = None) -> ScoreRecord:
+               stale_hash: str | None = None, stats: InputStats | None = None, *, text: str,
+               revisions: dict[str, str]) -> ScoreRecord:
         cfg = loaded.package.config
         agg = aggregate(cfg, calibrated)
         dims = {d: DimensionScore(raw=round(float(r), 4), calibrated=round(float(c), 4))
@@ -387,7 +406,8 @@ class Pipeline:
             # Escalated under a version that was hot-swapped since: say so instead of hiding it.
             hashes["stage1_package_hash"] = stale_hash
         return ScoreRecord(
-            article_id=article_id, filter=loaded.ref, model_hashes=hashes, stage=stage,
+            article_id=article_id, filter=loaded.ref, text_hash=text_hash(text), model_hashes=hashes,
+            model_revisions=dict(revisions), fluxscore_version=fluxscore_version(), stage=stage,
             stage1_estimate=round(estimate, 4), escalation_threshold=cfg.stage1.threshold if cfg.stage2 else None,
             dimensions=dims, weighted_average=agg.weighted_average, tier=agg.tier,
             gatekeeper_applied=agg.gatekeeper_applied, gatekeeper_dimension=agg.gatekeeper_dimension,

@@ -1,11 +1,12 @@
 """The data that flows between stages and out of the scorer.
 
-A :class:`ScoreRecord` is the product's output contract: keyed by (article id, filter, package_hash),
-with enough provenance that a consumer can tell exactly which models and config produced it.
+A :class:`ScoreRecord` is the product's output contract: keyed by (article id, filter, package_hash, text
+hash), with enough provenance that a consumer can tell exactly which models and config produced it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -15,6 +16,25 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from scoring.aggregate import Tier
+
+# The key part of records written before records named their text (``text_hash`` absent): such a record
+# still has a key, one that no newly scored record can take (a text hash is hex).
+NO_TEXT_HASH = "-"
+
+
+def text_hash(text: str) -> str:
+    """Short sha256 of the text the models read (:func:`scoring.text.article_text`): the part of the record
+    key that tells an edited article from a redelivered one.
+
+    fluxscore's own hash wins over a ``content_hash`` field a FluxusSource collector may send: that one
+    covers whatever the collector chose to hash (raw markup, the content without the title…), so it can
+    change when the scored text does not (a needless re-score) or stay when a scored part changed (an
+    edit never scored). This one changes exactly when the models' input does.
+
+    >>> text_hash("Title\\n\\nBody")
+    '45777c14d90fa79d'
+    """
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class StageUsed(StrEnum):
@@ -67,7 +87,18 @@ class InputStats(_Record):
 class ScoreRecord(_Record):
     article_id: str
     filter: FilterRef
+    text_hash: str | None = Field(None, min_length=1, description=(
+        "short sha256 of the text the models read (title + cleaned content): part of the record key, so an "
+        "edited article gets a record of its own (absent in records written before it was recorded)"))
+    supersedes: str | None = Field(None, description=(
+        "key of the record this one replaces as the latest for (article, filter): an earlier text of the article "
+        "or an earlier package version (stream only; null for the first, and after Redis forgot the earlier)"))
     model_hashes: dict[str, str]
+    model_revisions: dict[str, str] = Field(default_factory=dict, description=(
+        "model role (`embedding_model`, `commerce_embedding_model`, `base_model`) -> what was loaded for this "
+        "record: `rev:<commit>` of a Hugging Face hub snapshot, or `sha256:<16 hex>` over the weight and config "
+        "files of a local directory; only the models the record's stage ran"))
+    fluxscore_version: str | None = Field(None, description="version of the fluxscore package that scored it")
     stage: StageUsed
     stage1_estimate: float | None = Field(None, description="probe's calibrated weighted average")
     escalation_threshold: float | None = None
@@ -89,8 +120,8 @@ class ScoreRecord(_Record):
 
     @property
     def record_key(self) -> RecordKey:
-        """The idempotency key: same input and package give the same key."""
-        return RecordKey(self.article_id, self.filter.name, self.filter.package_hash)
+        """The idempotency key: same article text and package give the same key."""
+        return RecordKey(self.article_id, self.filter.name, self.filter.package_hash, self.text_hash or NO_TEXT_HASH)
 
     @property
     def key(self) -> str:
@@ -122,32 +153,35 @@ class ScoreRecord(_Record):
 
 @dataclass(frozen=True, slots=True)
 class RecordKey:
-    """One record per (article id, filter, package_hash); written ``article_id|filter|package_hash``.
+    """One record per (article id, filter, package_hash, text_hash); written
+    ``article_id|filter|package_hash|text_hash``.
 
     The text form is what Redis keys and the ``fluxscore.record_key`` header hold. Article ids come from
-    producers and may contain ``|``; filter names and package hashes cannot, so :meth:`parse` splits from
-    the right:
+    producers and may contain ``|``; the other parts cannot, so :meth:`parse` splits from the right:
 
-    >>> key = RecordKey.parse(b"feed|42|uplifting|3f9a0c")
-    >>> key.article_id, key.filter, key.package_hash
-    ('feed|42', 'uplifting', '3f9a0c')
+    >>> key = RecordKey.parse(b"feed|42|uplifting|3f9a0c|9e107d9d372bb682")
+    >>> key.article_id, key.filter, key.package_hash, key.text_hash
+    ('feed|42', 'uplifting', '3f9a0c', '9e107d9d372bb682')
     >>> str(key)
-    'feed|42|uplifting|3f9a0c'
-    >>> RecordKey.parse("uplifting|3f9a0c")
+    'feed|42|uplifting|3f9a0c|9e107d9d372bb682'
+    >>> key.article_filter
+    'feed|42|uplifting'
+    >>> RecordKey.parse("uplifting|3f9a0c|9e107d")
     Traceback (most recent call last):
     ...
-    ValueError: malformed record key 'uplifting|3f9a0c': expected article_id|filter|package_hash
+    ValueError: malformed record key 'uplifting|3f9a0c|9e107d': expected article_id|filter|package_hash|text_hash
     """
 
     article_id: str
     filter: str
     package_hash: str
+    text_hash: str
 
     SEPARATOR: ClassVar[str] = "|"
 
     def __post_init__(self) -> None:
-        # A separator inside the last two parts would make the text form parse back as another key.
-        for name in ("filter", "package_hash"):
+        # A separator inside the last three parts would make the text form parse back as another key.
+        for name in ("filter", "package_hash", "text_hash"):
             value = getattr(self, name)
             if not value or self.SEPARATOR in value:
                 raise ValueError(f"record key {name} must be non-empty without {self.SEPARATOR!r}: {value!r}")
@@ -155,7 +189,13 @@ class RecordKey:
             raise ValueError("record key article_id must be non-empty")
 
     def format(self) -> str:
-        return self.SEPARATOR.join((self.article_id, self.filter, self.package_hash))
+        return self.SEPARATOR.join((self.article_id, self.filter, self.package_hash, self.text_hash))
+
+    @property
+    def article_filter(self) -> str:
+        """``article_id|filter``: what every version of one article's record for one filter shares (the
+        "latest record" pointer the stream keeps next to the dedupe entries)."""
+        return self.SEPARATOR.join((self.article_id, self.filter))
 
     def __str__(self) -> str:
         return self.format()
@@ -171,7 +211,7 @@ class RecordKey:
             text = raw.decode() if isinstance(raw, bytes) else raw
         except UnicodeDecodeError:
             raise ValueError(f"malformed record key {raw!r}: not UTF-8") from None
-        parts = text.rsplit(cls.SEPARATOR, 2)
-        if len(parts) != 3 or not all(parts):
-            raise ValueError(f"malformed record key {text!r}: expected article_id|filter|package_hash")
+        parts = text.rsplit(cls.SEPARATOR, 3)
+        if len(parts) != 4 or not all(parts):
+            raise ValueError(f"malformed record key {text!r}: expected article_id|filter|package_hash|text_hash")
         return cls(*parts)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from scoring.exceptions import ModelFilesMissingError, ModelLoadError, PackageError
-from scoring.models import dtype_for, hub_offline, load_error, resolve_model_ref
+from scoring.models import dtype_for, hub_offline, load_error, model_revision, resolve_model_ref
 from scoring.package import FilterPackage
 from scoring.text import encode_head_tail
 
@@ -143,6 +143,7 @@ class _Base:
     tokenizer: Any
     pad_id: int
     head_attr: str
+    revision: str  # scoring.models.model_revision of the files loaded, for the records' provenance
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: dict[str, _Adapter] = field(default_factory=dict)
 
@@ -171,6 +172,10 @@ class StudentPool:
 
     def dimensions(self, ref: str) -> list[str]:
         return self._adapter(ref)[1].package.config.dimension_names
+
+    def revision(self, ref: str) -> str:
+        """What the base of filter ``ref`` was loaded from (``rev:<commit>`` or ``sha256:<hash>``)."""
+        return self._adapter(ref)[0].revision
 
     def register(self, package: FilterPackage) -> None:
         """Load ``package``'s adapter (and its base, once); a no-op when already loaded unchanged."""
@@ -266,7 +271,9 @@ class StudentPool:
             return base
         tokenizer, model, pad = load_base(base_ref, num_labels=1, dtype=self.dtype)
         model.to(self.device).eval()
-        base = _Base(ref=base_ref, model=model, tokenizer=tokenizer, pad_id=pad, head_attr=head_name(model))
+        # Once per base and process, at load (a 1B base is 2 GB to hash): every stage-2 record reuses it.
+        base = _Base(ref=base_ref, model=model, tokenizer=tokenizer, pad_id=pad, head_attr=head_name(model),
+                     revision=model_revision(base_ref))
         self._bases[base_ref] = base
         return base
 

@@ -12,8 +12,10 @@ acknowledged by Kafka; the caller then acknowledges the batch's input offsets (a
 
 Final records pass through :class:`~streams.dedupe.DedupeStore` first: a key scored before is
 re-emitted as stored (never a second, different record) or skipped when it was already delivered.
-What is published is the record's :meth:`~scoring.records.ScoreRecord.stable` form (no times in the
-body), so a rescoring after Redis lost its keys yields the same bytes.
+The key includes the hash of the scored text, so an article re-published under its id with edited text
+is a new key, scored again, whose record names the one it supersedes. What is published is the record's
+:meth:`~scoring.records.ScoreRecord.stable` form (no times in the body), so a rescoring after Redis lost
+its keys yields the same bytes.
 
 One item, one fate: any exception raised while handling one consumed message (decoding it, scoring
 it, encoding what it produces) dead-letters that message with its coordinates; the rest of the batch
@@ -39,7 +41,7 @@ import orjson
 from scoring.article import DEFAULT_LIMITS, Article, Limits, parse_article
 from scoring.isolate import isolate
 from scoring.pipeline import Escalation, Pipeline, Screened
-from scoring.records import RecordKey, ScoreRecord
+from scoring.records import RecordKey, ScoreRecord, text_hash
 from streams.dedupe import Claim, DedupeStore
 from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, DeadLetter, Source, build_dead_letter
 from streams.exceptions import MessageTooLargeError
@@ -167,8 +169,9 @@ class StageRunner:
     # -- shared plumbing -----------------------------------------------------------------------------
 
     def _live_key(self, e: Escalation) -> RecordKey:
+        """The key the record of ``e`` will have: that of the live package version, for the text it carries."""
         live = self.pipeline.filters.get(e.filter)
-        return RecordKey(e.article_id, e.filter, live.ref.package_hash if live else e.package_hash)
+        return RecordKey(e.article_id, e.filter, live.ref.package_hash if live else e.package_hash, text_hash(e.text))
 
     def _begin(self, stage: str, batch: Sequence[Inbound]) -> float:
         self.metrics.messages_in.labels(stage).inc(len(batch))

@@ -14,7 +14,7 @@ from streams.exceptions import WireFormatError
 
 M = TypeVar("M", bound=BaseModel)
 # Score messages are keyed by article id (one article's records share a partition, in order); this header
-# names the record itself: article|filter|package_hash, one per (article, filter, package version).
+# names the record itself: article|filter|package_hash|text_hash, one per (article, filter, version, text).
 RECORD_KEY_HEADER = "fluxscore.record_key"
 
 

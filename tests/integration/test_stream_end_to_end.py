@@ -51,7 +51,7 @@ def test_thousand_articles_one_record_per_pair(stream_env, workers, tmp_path: Pa
     for key, (value,) in got.records.items():
         record = orjson.loads(value)
         package = packages[record["filter"]["name"]]
-        assert key.decode() == f"{record['article_id']}|{package.name}|{package.package_hash}"
+        assert key.decode() == f"{record['article_id']}|{package.name}|{package.package_hash}|{record['text_hash']}"
         assert got.kafka_keys[key].decode() == record["article_id"], "score messages are keyed by article id"
         assert record["filter"] == {"name": package.name, "version": package.version,
                                     "package_hash": package.package_hash}

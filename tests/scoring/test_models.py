@@ -1,10 +1,20 @@
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
 from scoring.exceptions import ModelLoadError
-from scoring.models import dtype_for, file_hash, hub_offline, load_error, resolve_model_ref
+from scoring.models import (
+    UNRESOLVED,
+    dtype_for,
+    file_hash,
+    fluxscore_version,
+    hub_offline,
+    load_error,
+    model_revision,
+    resolve_model_ref,
+)
 
 
 def test_local_paths_resolve_to_themselves(tmp_path: Path) -> None:
@@ -67,3 +77,86 @@ def test_file_hash_follows_content_not_location(tmp_path: Path) -> None:
     assert file_hash(a / "w.bin") != file_hash(a / "c.json")
     with pytest.raises(FileNotFoundError):
         file_hash(tmp_path / "missing")
+
+
+# -- which files a model was loaded from (records' model_revisions) -----------------------------------------
+
+def _model_dir(root: Path, weights: bytes = b"weights") -> Path:
+    root.mkdir(parents=True)
+    (root / "model.safetensors").write_bytes(weights)
+    (root / "config.json").write_text('{"hidden_size": 8}')
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    return root
+
+
+@pytest.fixture
+def fresh_revisions(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """An empty per-process revision cache, and file name -> times hashed."""
+    import scoring.models as models
+
+    monkeypatch.setattr(models, "_REVISIONS", {})
+    counts: Counter[str] = Counter()
+    real = models.sha256_file
+
+    def counting(path: Path) -> str:
+        counts[path.name] += 1
+        return real(path)
+
+    monkeypatch.setattr(models, "sha256_file", counting)
+    return counts
+
+
+def test_a_local_model_is_named_by_its_weight_and_config_files(tmp_path: Path, fresh_revisions: Counter[str]) -> None:
+    a = _model_dir(tmp_path / "a")
+    b = _model_dir(tmp_path / "b")
+    (b / "README.md").write_text("a model card edit")
+    (b / "onnx").mkdir()
+    (b / "onnx" / "model.onnx").write_bytes(b"another runtime's export, never loaded here")
+    revision = model_revision(str(a))
+    assert revision.startswith("sha256:") and len(revision) == len("sha256:") + 16
+    assert model_revision(str(b)) == revision, "same weights and configs, wherever they lie; cards do not count"
+    assert fresh_revisions["model.onnx"] == 0
+    c = _model_dir(tmp_path / "c", weights=b"retrained")
+    d = _model_dir(tmp_path / "d")
+    (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert len({revision, model_revision(str(c)), model_revision(str(d))}) == 3
+
+
+def test_a_revision_is_computed_once_per_process(tmp_path: Path, fresh_revisions: Counter[str]) -> None:
+    model = _model_dir(tmp_path / "m")
+    first = model_revision(str(model))
+    (model / "model.safetensors").write_bytes(b"changed after load")
+    assert model_revision(str(model)) == first, "what was loaded, not what lies there now"
+    assert fresh_revisions["model.safetensors"] == 1
+
+
+def test_a_hub_id_is_named_by_the_cached_snapshot_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         fresh_revisions: Counter[str]) -> None:
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--encoder-small"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert model_revision("acme/encoder-small") == f"rev:{commit}"
+    assert model_revision("acme/not-cached") == UNRESOLVED
+    assert sum(fresh_revisions.values()) == 0, "a hub snapshot is named, not hashed"
+
+
+def test_a_loaded_encoder_carries_its_revision(minilm_path: Path) -> None:
+    from scoring.embedding import load_embedder
+
+    embedder = load_embedder("all-MiniLM-L6-v2")
+    assert embedder.revision == model_revision(str(minilm_path)) == model_revision(
+        "sentence-transformers/all-MiniLM-L6-v2")
+    assert embedder.revision.startswith("sha256:")
+
+
+def test_the_fluxscore_version_is_the_installed_distribution() -> None:
+    from importlib import metadata
+
+    assert fluxscore_version() == metadata.version("fluxscore")

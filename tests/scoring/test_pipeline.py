@@ -128,7 +128,7 @@ def test_records_carry_provenance_and_calibration(packages: Path) -> None:
     assert {"probe", "adapter", "calibration", "commerce", "embedding_model"} <= record.model_hashes.keys()
     impact = record.dimensions["impact"]
     assert impact.calibrated == pytest.approx(min(max(impact.raw + 1.0, 0.0), 10.0), abs=0.25)
-    assert record.key == f"a0|alpha|{pkg.package_hash}"
+    assert record.key == f"a0|alpha|{pkg.package_hash}|{record.text_hash}" and len(record.text_hash or "") == 16
     assert {"prefilter", "embed", "probe"} <= record.timings_ms.keys()
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from scoring.article import Limits, parse_article
 from scoring.pipeline import Escalation, Pipeline, Screened
-from scoring.records import PrefilterResult, RecordKey, ScoreRecord
+from scoring.records import PrefilterResult, RecordKey, ScoreRecord, text_hash
 from scoring.settings import ScoringSettings
 from streams.agents import Inbound, StageRunner
 from streams.dedupe import DedupeStore
@@ -194,8 +194,10 @@ def test_an_escalation_that_forms_no_record_key_costs_itself_only(pipeline: Pipe
     (scored,) = [(k, dict(h)) for t, k, _, h in sent if t == topics.all_scores.name]
     kafka_key, headers = scored
     assert kafka_key == b"feed|esc-ok", "score messages are keyed by the article id, '|' and all"
-    assert RecordKey.parse(headers["fluxscore.record_key"]) == RecordKey("feed|esc-ok", "demo", demo.ref.package_hash)
-    assert headers["fluxscore.record_key"] == f"feed|esc-ok|demo|{demo.ref.package_hash}".encode()
+    text = text_hash("A city opened a free clinic for 40,000 people.")
+    assert RecordKey.parse(headers["fluxscore.record_key"]) == RecordKey("feed|esc-ok", "demo", demo.ref.package_hash,
+                                                                         text)
+    assert headers["fluxscore.record_key"] == f"feed|esc-ok|demo|{demo.ref.package_hash}|{text}".encode()
 
 # -- one bad record costs one record (the [hardening] findings) -----------------------------------------
 
@@ -376,3 +378,91 @@ def test_every_hostile_input_ends_scored_or_dead_lettered_in_every_agent(
     # Every escalation ended as a record (or a dead letter naming it).
     for e_offset, e in enumerate(outputs[topics.escalated.name]):
         assert (e["article_id"], e["filter"]) in scored or (topics.escalated.name, e_offset) in dead
+
+
+# -- re-published articles, keys shared with the batch command, provenance (the [cli] findings) ---------------
+
+async def _through_every_stage(runner: StageRunner, topics: Topics, payloads: list[bytes]) -> Sent:
+    """Prefilter, probe and model over ``payloads``, each stage fed what the one before produced; returns
+    what this call sent."""
+    real = runner.send
+    sent = _tee(runner)
+    try:
+        await runner.prefilter(_inbound(payloads, topics.raw.name))
+        await runner.probe(_inbound([v for t, _, v, _ in sent if t == topics.screened.name], topics.screened.name))
+        await runner.model(_inbound([v for t, _, v, _ in sent if t == topics.escalated.name],
+                                    topics.escalated.name))
+    finally:
+        runner.send = real
+    return sent
+
+
+def _scores(sent: Sent, topics: Topics) -> dict[bytes, tuple[bytes, bytes, dict[str, bytes]]]:
+    """record key -> (Kafka key, body, headers) of what went to scores.all."""
+    return {dict(h)["fluxscore.record_key"]: (k or b"", v, dict(h)) for t, k, v, h in sent
+            if t == topics.all_scores.name}
+
+
+def test_an_edited_article_is_scored_again_and_names_the_record_it_supersedes(
+        pipeline: Pipeline, broker, redis_server) -> None:
+    original = [orjson.loads(a) for a in synthetic_articles(3, seed=34)]
+    edited = {**original[0], "content": original[0]["content"] + " Update: the council has since doubled the budget.",
+              "content_hash": "fluxus-v2"}
+
+    async def run() -> tuple[Sent, Sent, Sent, Topics]:
+        h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
+        async with h as runner:
+            first = await _through_every_stage(runner, h.topics, [orjson.dumps(a) for a in original])
+            # FluxusSource re-collects: the same articles again, one of them edited under its id.
+            again = await _through_every_stage(runner, h.topics, [orjson.dumps(a) for a in original])
+            changed = await _through_every_stage(runner, h.topics, [orjson.dumps(edited),
+                                                                   orjson.dumps(original[1])])
+            return first, again, changed, h.topics
+
+    first, again, changed, topics = asyncio.run(run())
+    before, repeat, after = _scores(first, topics), _scores(again, topics), _scores(changed, topics)
+    assert len(before) == len(original) * len(STREAM_FILTERS)
+    assert repeat == {}, "an identical redelivery emits nothing new (its records were delivered)"
+    # The edited article, and only it, got new records: one per filter, new keys, the same Kafka key.
+    assert {RecordKey.parse(k).article_id for k in after} == {edited["id"]}
+    assert len(after) == len(STREAM_FILTERS) and not after.keys() & before.keys()
+    old_keys = {RecordKey.parse(k).filter: k.decode() for k in before if RecordKey.parse(k).article_id == edited["id"]}
+    for key, (kafka_key, body, headers) in after.items():
+        record = ScoreRecord.from_json(body)
+        assert kafka_key == edited["id"].encode(), "score messages stay keyed by the article id"
+        assert record.key == key.decode() and headers["fluxscore.record_key"] == key
+        assert record.supersedes == old_keys[record.filter.name], "the previous record is named in provenance"
+        assert record.text_hash != RecordKey.parse(old_keys[record.filter.name]).text_hash
+    assert all(ScoreRecord.from_json(v).supersedes is None for _, v, _ in before.values())
+
+
+def test_the_batch_command_and_the_stream_give_a_record_the_same_key_and_provenance(
+        pipeline: Pipeline, broker, redis_server) -> None:
+    articles = synthetic_articles(10, seed=35)
+    batch = pipeline.score([parse_article(a) for a in articles])
+
+    async def run() -> tuple[Sent, Topics]:
+        h = Harness(pipeline, broker.bootstrap, redis_url(redis_server))
+        async with h as runner:
+            return await _through_every_stage(runner, h.topics, articles), h.topics
+
+    sent, topics = asyncio.run(run())
+    streamed = {k.decode(): ScoreRecord.from_json(v) for k, (_, v, _) in _scores(sent, topics).items()}
+    assert {r.key for r in batch} == set(streamed)
+    stages = set()
+    for record in batch:
+        other = streamed[record.key]
+        # Everything but the volatile parts is the same, whichever path scored it.
+        assert record.stable().to_json() == other.to_json()
+        assert record.fluxscore_version and record.fluxscore_version[0].isdigit()
+        revisions = record.model_revisions
+        stages.add(record.stage.value)
+        if record.stage.value in ("stage1", "stage2"):
+            assert revisions["embedding_model"].startswith("sha256:"), "the bundled MiniLM: its files' hash"
+        if record.stage.value == "stage2":
+            assert revisions["base_model"].startswith("sha256:")
+        else:
+            assert "base_model" not in revisions, "only the models the record's stage ran"
+        if record.stage.value == "prefilter":
+            assert revisions == {}
+    assert {"stage1", "stage2"} <= stages

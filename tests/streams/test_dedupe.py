@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from scoring.aggregate import Tier
-from scoring.records import FilterRef, PrefilterResult, RecordKey, ScoreRecord, StageUsed
+from scoring.records import FilterRef, PrefilterResult, RecordKey, ScoreRecord, StageUsed, text_hash
 from streams.dedupe import DedupeStore
 from streams.embedded import EmbeddedRedis
 from tests.integration.conftest import redis_url
@@ -18,10 +18,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 _n = itertools.count()
 
 
-def _record(article: str, score: float, at: datetime | None = None) -> ScoreRecord:
-    return ScoreRecord(article_id=article, filter=FilterRef(name="demo", version="1.0.0", package_hash="abc123"),
-                       model_hashes={"probe": "p"}, stage=StageUsed.STAGE1, weighted_average=score, tier=Tier.LOW,
-                       prefilter=PrefilterResult(passed=True), scored_at=at or datetime.now(UTC))
+TEXT = text_hash("A council opened a clinic.")
+
+
+def _record(article: str, score: float, at: datetime | None = None, *, text: str = "A council opened a clinic.",
+            package_hash: str = "abc123") -> ScoreRecord:
+    return ScoreRecord(article_id=article, filter=FilterRef(name="demo", version="1.0.0", package_hash=package_hash),
+                       text_hash=text_hash(text), model_hashes={"probe": "p"}, stage=StageUsed.STAGE1,
+                       weighted_average=score, tier=Tier.LOW, prefilter=PrefilterResult(passed=True),
+                       scored_at=at or datetime.now(UTC))
 
 
 def _store(redis_server: EmbeddedRedis | str, **kwargs: object) -> DedupeStore:
@@ -35,8 +40,11 @@ def test_first_writer_wins_and_sent_keys_are_skipped(redis_server) -> None:
         later = _record("a|1", 9.0, datetime.now(UTC) + timedelta(seconds=5))  # a re-scoring, different result
         (claim,) = await store.claim([first])
         assert claim.fresh and not claim.sent and claim.payload == first.to_json()
-        assert claim.key == RecordKey("a|1", "demo", "abc123") and claim.filter == "demo"
-        assert store.redis_key(claim.key) == f"{store.prefix}:score:a|1|demo|abc123", "the Redis key format is fixed"
+        assert claim.key == RecordKey("a|1", "demo", "abc123", TEXT) and claim.filter == "demo"
+        assert store.redis_key(claim.key) == f"{store.prefix}:score:a|1|demo|abc123|{TEXT}", \
+            "the Redis key format is fixed"
+        assert store.latest_key(claim.key) == f"{store.prefix}:latest:a|1|demo"
+        assert await store.latest(claim.key) == claim.key
 
         (again,) = await store.claim([later])
         assert not again.fresh and not again.sent
@@ -46,7 +54,7 @@ def test_first_writer_wins_and_sent_keys_are_skipped(redis_server) -> None:
         (done,) = await store.claim([later])
         assert done.sent and done.payload == first.to_json()
 
-        found = await store.lookup([claim.key, RecordKey.parse("missing|demo|abc123")])
+        found = await store.lookup([claim.key, RecordKey.parse(f"missing|demo|abc123|{TEXT}")])
         assert list(found) == [claim.key] and found[claim.key].sent and found[claim.key].filter == "demo"
         assert await store.client.ttl(store.redis_key(claim.key)) > 0
         await store.close()
@@ -114,3 +122,74 @@ def test_records_survive_a_redis_restart(redis_server) -> None:
     key = asyncio.run(before())
     redis_server.restart()
     assert asyncio.run(after(key))
+
+
+def test_an_edited_article_is_a_new_record_that_supersedes_the_previous_one(redis_server) -> None:
+    async def run() -> None:
+        store = _store(redis_server)
+        (first,) = await store.claim([_record("a|7", 3.0, text="Solar park opens; it powers 4,000 homes.")])
+        assert ScoreRecord.from_json(first.payload).supersedes is None, "the first version supersedes nothing"
+        await store.mark_sent([first.key])
+
+        # Redelivered unchanged: the stored record, skipped as sent; the latest stays.
+        (again,) = await store.claim([_record("a|7", 9.0, text="Solar park opens; it powers 4,000 homes.")])
+        assert again.key == first.key and again.sent and again.payload == first.payload
+
+        # Re-published with edited text: a new key, scored and emitted, naming the one it replaces.
+        (edited,) = await store.claim([_record("a|7", 5.0, text="Solar park opens; it powers 6,000 homes.")])
+        assert edited.fresh and not edited.sent and edited.key != first.key
+        assert (edited.key.article_id, edited.key.filter, edited.key.package_hash) == ("a|7", "demo", "abc123")
+        body = ScoreRecord.from_json(edited.payload)
+        assert body.supersedes == first.key.format() and body.weighted_average == 5.0
+        assert await store.latest(first.key) == edited.key
+
+        # A new package version scoring the same text supersedes too (what a replay with a new version does).
+        (newer,) = await store.claim([_record("a|7", 5.5, text="Solar park opens; it powers 6,000 homes.",
+                                              package_hash="def456")])
+        assert ScoreRecord.from_json(newer.payload).supersedes == edited.key.format()
+        # Another filter's records of the same article are a chain of their own.
+        other = _record("a|7", 1.0).model_copy(update={"filter": FilterRef(name="tech", version="1", package_hash="h")})
+        (tech,) = await store.claim([other])
+        assert ScoreRecord.from_json(tech.payload).supersedes is None
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_versions_of_one_article_in_one_batch_chain_in_order(redis_server) -> None:
+    async def run() -> None:
+        store = _store(redis_server)
+        v1, v2, v3 = (_record("b", float(i), text=f"version {i}") for i in (1, 2, 3))
+        claims = await store.claim([v1, v2, v1, v3])
+        bodies = [ScoreRecord.from_json(c.payload) for c in claims]
+        assert [c.fresh for c in claims] == [True, True, False, True]
+        assert [b.supersedes for b in bodies] == [None, v1.key, None, v2.key]
+        assert claims[2].payload == claims[0].payload, "a repeat within the batch is the stored record"
+        assert await store.latest(v1.record_key) == v3.record_key
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_racing_writer_moving_the_pointer_is_seen(redis_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run() -> None:
+        store = _store(redis_server)
+        rival = _store(redis_server)
+        rival.prefix = store.prefix
+        real = store._pointers
+
+        async def pointers_then_race(keys: list[RecordKey]) -> list[str | None]:
+            read = await real(keys)
+            # Another worker stores a version of the same article between our read and our write.
+            await rival.claim([_record("c", 2.0, text="the rival's version")])
+            return read
+
+        monkeypatch.setattr(store, "_pointers", pointers_then_race)
+        (mine,) = await store.claim([_record("c", 1.0, text="my version")])
+        rival_key = _record("c", 2.0, text="the rival's version").key
+        assert ScoreRecord.from_json(mine.payload).supersedes == rival_key, "rebuilt against the moved pointer"
+        assert await store.latest(mine.key) == mine.key
+        await store.close()
+        await rival.close()
+
+    asyncio.run(run())
