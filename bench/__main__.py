@@ -1,8 +1,8 @@
 """``python -m bench``: every benchmark in turn, one table, JSON results under bench/results/.
 
-    python -m bench                      # stages in-process + streaming (broker) benchmarks
+    python -m bench                      # stages in-process, streaming (broker), drift monitor
     python -m bench --quality-data ../shared/data/oracle-labelled-seece-dev.jsonl   # + quality
-    python -m bench core|stream|quality|gpu [args…]                                 # one of them
+    python -m bench core|stream|quality|gpu|monitor [args…]                         # one of them
     python -m bench SUITE --help                                                    # a suite's options
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import Result, print_results, save
 
-SUITES = ("core", "stream", "quality", "gpu")
+SUITES = ("core", "stream", "quality", "gpu", "monitor")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +41,7 @@ def main(argv: list[str]) -> int:
         results += importlib.import_module("bench.gpu").main([])
     stream = importlib.import_module("bench.stream")
     results += stream.main([])
+    results += importlib.import_module("bench.monitor").main([])
     if args.quality_data is not None:
         results += importlib.import_module("bench.quality").main(["--data", str(args.quality_data)])
     path = save("all", results)

@@ -167,7 +167,71 @@ def _pretty(body: dict[str, Any]) -> str:
     if isinstance(value, dict) and "error" in value and "stage" in value:
         return (f"{where} [red]DLQ[/] {e(str(value.get('article_id') or '-'))}  stage={e(str(value['stage']))}  "
                 f"{e(str(value['error']['type']).rsplit('.', 1)[-1])}: {e(str(value['error']['message']))}")
+    if isinstance(value, dict) and "filter" in value and "columns" in value and "drifted_share" in value:
+        return _pretty_drift(where, value)
+    if isinstance(value, dict) and "rule" in value and "severity" in value and "filter" in value:
+        color = "red" if value["severity"] == "critical" else "yellow"
+        report = f"  report: {e(str(value['report']))}" if value.get("report") else ""
+        return (f"{where} [{color}]ALERT[/] {e(str(value['filter']))}@{e(str(value.get('version', '?')))} "
+                f"window #{e(str(value.get('window', '?')))}  {e(str(value['rule']))} ({e(str(value['severity']))}): "
+                f"{e(str(value.get('message', '')))}{report}")
     return f"{where} {e(orjson.dumps(value).decode()[:300])}"
+
+
+_STATUS_COLORS = {"ok": "green", "alert": "yellow", "critical": "red"}
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else escape(str(value))
+
+
+def _pretty_drift(where: str, report: dict[str, Any]) -> str:
+    """A whole drift report (``monitor.drift``), over as many lines as it needs: nothing is cut."""
+    e = escape
+    status = str(report.get("status", "drift" if report.get("drift_detected") else "ok"))
+    window = report.get("window") or {}
+    lines = [f"{where} [bold]{e(str(report['filter']))}@{e(str(report.get('version', '?')))}[/] "
+             f"(package {e(str(report.get('package_hash', '?')))})  window #{e(str(window.get('seq', '?')))} "
+             f"({e(str(window.get('trigger', '?')))}, {report.get('current_rows', '?')} rows)  "
+             f"[{_STATUS_COLORS.get(status, 'white')}]{e(status.upper())}[/]"]
+    reference = report.get("reference") or {}
+    lines.append(f"  reference: {e(str(reference.get('label', reference.get('kind', '?'))))}, "
+                 f"{report.get('reference_rows', '?')} rows — {e(str(reference.get('detail', '')))}")
+    for alert in report.get("alerts") or []:
+        color = "red" if alert.get("severity") == "critical" else "yellow"
+        lines.append(f"  [{color}]alert[/] {e(str(alert.get('rule')))} ({e(str(alert.get('severity')))}): "
+                     f"{e(str(alert.get('message', '')))}")
+    rates = report.get("rates") or {}
+    if rates:
+        ref, cur = rates.get("reference") or {}, rates.get("current") or {}
+        lines.append(f"  {'statistic':<22}{'reference':>12}{'current':>12}")
+        lines += [f"  {e(name):<22}{_num(ref.get(name)):>12}{_num(cur.get(name)):>12}" for name in cur]
+    columns = report.get("columns") or {}
+    if columns:
+        lines.append(f"  {'column':<28}{'test':<22}{'value':>10}{'threshold':>11}  drifted")
+        for name, result in columns.items():
+            flag = "[red]yes[/]" if result.get("drifted") else "no"
+            lines.append(f"  {e(name):<28}{e(str(result.get('method'))):<22}{_num(result.get('value')):>10}"
+                         f"{_num(result.get('threshold')):>11}  {flag}")
+        lines.append(f"  drifted columns: {report.get('drifted_share', 0):.0%}")
+    embeddings = report.get("embeddings") or {}
+    if embeddings.get("available"):
+        lines.append(f"  embeddings: {e(str(embeddings.get('method')))} {_num(embeddings.get('score'))} (limit "
+                     f"{_num(embeddings.get('threshold'))}; {embeddings.get('reference_rows')} reference, "
+                     f"{embeddings.get('current_rows')} current)")
+    elif embeddings:
+        lines.append(f"  embeddings: not compared — {e(str(embeddings.get('note') or 'no sample'))}")
+    for column, shares in (report.get("current_share") or {}).items():
+        if shares:
+            lines.append(f"  {e(column)} shares: " + ", ".join(f"{e(str(k))} {v:.0%}" for k, v in shares.items()))
+    saved = report.get("report") or {}
+    if saved.get("html"):
+        lines.append(f"  report: {e(str(saved['html']))}")
+    if report.get("evaluated_at"):
+        lines.append(f"  evaluated at {e(str(report['evaluated_at']))}")
+    return "\n".join(lines)
 
 
 async def tail(bootstrap: str, topic: str, *, as_json: bool, from_beginning: bool, limit: int | None,
@@ -220,7 +284,8 @@ def consume(
     idle_timeout: Annotated[float | None, typer.Option(help="exit after this many seconds without a message")]
     = None,
 ) -> None:
-    """Tail a topic: scores pretty-printed, dead letters with their reason, or raw JSON lines.
+    """Tail a topic: scores pretty-printed, dead letters with their reason, drift reports and alerts in full,
+    or raw JSON lines.
 
     Exit codes:
     0  done (limit reached, idle timeout, or interrupted)
@@ -274,6 +339,10 @@ def register(app: typer.Typer) -> None:
     from streams.replay import replay_command
 
     app.command("replay")(replay_command)
+    # drift: drift reports offline, and the reports page (streams/drift/cli.py).
+    from streams.drift.cli import drift_app
+
+    app.add_typer(drift_app, name="drift")
 
 
 def main() -> None:

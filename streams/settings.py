@@ -10,18 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from scoring.exceptions import SettingsError
 from scoring.settings import FluxscoreSettings
 from streams.exceptions import StreamSettingsError
 
-Role = Literal["prefilter", "probe", "model", "shadow", "monitor"]
+Role = Literal["prefilter", "probe", "model", "shadow", "monitor", "selector", "oracle"]
 PIPELINE_ROLES: tuple[Role, ...] = ("prefilter", "probe", "model")
 # Each reads in a consumer group of its own (it must see every message), so it cannot share a Faust
 # app, which has one group, with other roles.
-SOLO_ROLES: tuple[Role, ...] = ("shadow", "monitor")
+SOLO_ROLES: tuple[Role, ...] = ("shadow", "monitor", "selector", "oracle")
 ROLES: tuple[Role, ...] = (*PIPELINE_ROLES, *SOLO_ROLES)
 PARTITIONED_TOPICS = ("raw", "screened", "escalated", "scores", "dlq")
 # What a hop adds to an accepted record: prefilter results per filter, commerce evidence, key, headers.
@@ -76,7 +76,8 @@ class StreamSettings(FluxscoreSettings):
                                               "it must persist (append-only file)")
     app_id: str = Field("fluxscore", min_length=1, description="Faust app id = Kafka consumer group of the workers")
     roles: Annotated[tuple[Role, ...], NoDecode] = Field(
-        PIPELINE_ROLES, description="any of `prefilter,probe,model`; `all` (those); `shadow`; `monitor`",
+        PIPELINE_ROLES, description="any of `prefilter,probe,model`; `all` (those); `shadow`; `monitor`; "
+                                    "`selector`; `oracle`",
         json_schema_extra={"default_doc": "`all`"})
     filters: Refs = Field(("demo", "demo_tech"), min_length=1,
                           description="filter refs (`name`, `name@version` or a package directory)")
@@ -92,6 +93,12 @@ class StreamSettings(FluxscoreSettings):
     topic_shadow: str = Field("scores.shadow", min_length=1, description="live-vs-shadow comparisons")
     topic_drift: str = Field("monitor.drift", min_length=1,
                              description="drift reports of the `monitor` role, keyed by filter")
+    topic_alerts: str = Field("monitor.alerts", min_length=1,
+                              description="drift alerts of the `monitor` role, keyed by filter")
+    topic_active_learning: str = Field("active-learning", min_length=1, description=(
+        "labelling queues are `<this>.<filter>` (written by the `selector` role, read by the `oracle` role)"))
+    topic_labels: str = Field("labels", min_length=1, description=(
+        "label topics are `<this>.<filter>`: the `oracle` role's labels and rejections"))
     default_partitions: int = Field(4, ge=1, validation_alias=AliasChoices("FLUXSCORE_PARTITIONS"),
                                     description="partitions of every topic the workers create")
     partitions_raw: PartitionCount = Field(None, ge=1, description="per-topic override of `FLUXSCORE_PARTITIONS`")
@@ -124,6 +131,9 @@ class StreamSettings(FluxscoreSettings):
                                                           "embedding cache")
     retry_max_backoff: float = Field(5.0, ge=0.01, description="cap (s) of the backoff while Redis or Kafka is "
                                                                "unavailable")
+    # Bounded so a mistyped address ends in one line naming it, not a minute of client retries.
+    connect_timeout: float = Field(10.0, gt=0.0, le=3600.0, description=(
+        "seconds `produce` and `consume` wait for the Kafka cluster before they give up, naming the broker"))
     session_timeout: float = Field(10.0, ge=0.1, description="Kafka consumer session timeout (s)")
     heartbeat_interval: float = Field(1.0, ge=0.05, description="Kafka consumer heartbeat interval (s)")
     rebalance_timeout: float = Field(20.0, ge=0.1, description="Kafka consumer rebalance timeout (s)")
@@ -131,11 +141,51 @@ class StreamSettings(FluxscoreSettings):
                                                              "batches are committed)")
     producer_max_batch_bytes: int = Field(16384, ge=1, description="producer batch bytes; `1`: one record per "
                                                                    "batch (for Tansu)")
-    monitor_reference_size: int = Field(500, ge=1, description="records per filter in the drift reference window")
-    monitor_window: int = Field(500, ge=1, description="records per filter in the current (sliding) window")
-    monitor_every: int = Field(250, ge=1, description="new records per filter between drift reports")
+    # Upper bounds keep the monitor's memory bounded: windows are held as rows in memory.
+    monitor_reference_size: int = Field(500, ge=20, le=20_000, description=(
+        "records per filter in the drift reference (a package profile is thinned to this)"))
+    monitor_window: int = Field(500, ge=20, le=20_000, description="records per filter in the current (sliding) "
+                                                                   "window")
+    monitor_every: int = Field(250, ge=1, description="new records per filter between drift reports (a window by "
+                                                      "count)")
+    monitor_interval: float = Field(300.0, ge=0.0, description=(
+        "seconds after which a filter's report also comes when new records arrived (a window by time); `0`: by "
+        "count only"))
+    monitor_max_age: float = Field(0.0, ge=0.0, description="seconds a record stays in the current window; `0`: "
+                                                            "no limit")
+    monitor_reference: Literal["auto", "window"] = Field("auto", description=(
+        "`auto`: the package's reference profile (written at export) when it has one, else the first records "
+        "of each package version; `window`: always the first records"))
     monitor_reference_file: Path | None = Field(None, description="JSONL of score records to use as the drift "
                                                                   "reference instead")
+    monitor_embedding_sample: int = Field(64, ge=0, le=1000, description=(
+        "articles per filter and window the monitor re-embeds (from `articles.screened`) for embedding drift; "
+        "`0`: no embedding drift"))
+    monitor_reports_dir: Path | None = Field(None, description=(
+        "directory for each window's HTML report, Evidently snapshot and JSON summary (what `fluxscore drift "
+        "serve` lists)"))
+    monitor_workspace: Path | None = Field(None, description="Evidently workspace directory the reports are also "
+                                                             "added to (`evidently ui --workspace DIR`)")
+    monitor_reports_keep: int = Field(50, ge=1, description="reports kept per filter in each of those (older ones "
+                                                            "are deleted; an HTML report is about 4 MB)")
+    monitor_page_host: str = Field("127.0.0.1", description="bind address of `fluxscore drift serve` (loopback "
+                                                            "unless set)")
+    monitor_page_port: int = Field(8765, ge=0, le=65535, description="port of `fluxscore drift serve`")
+    monitor_page_token: SecretStr | None = Field(None, description=(
+        "token people sign in to `fluxscore drift serve` with (unset: a random one is printed at start)"))
+    selector_batch: int = Field(64, ge=1, description="micro-batch size of the `selector` role's agents")
+    selector_within: float = Field(1.0, ge=0.001, description="micro-batch deadline (s) of the `selector` role")
+    selector_text_ttl: int = Field(24 * 3600, ge=60, description=(
+        "seconds the `selector` keeps each screened article's text in Redis, for the score records that follow"))
+    selector_max_waiting: int = Field(10_000, ge=1, description=(
+        "articles at most whose candidate records wait in Redis for the article's text (the oldest are dropped)"))
+    selector_diversity_window: int = Field(2000, ge=1, le=100_000, description=(
+        "embeddings of queued items kept per filter (in Redis) for the near-duplicate check"))
+    oracle_worker_batch: int = Field(16, ge=1, description="queue items per micro-batch of the `oracle` role")
+    oracle_worker_within: float = Field(1.0, ge=0.001, description="micro-batch deadline (s) of the `oracle` role")
+    oracle_worker_give_up: float = Field(0.0, ge=0.0, description=(
+        "seconds the `oracle` role waits for an unavailable oracle (timeouts, 429, 5xx) on one item before it "
+        "rejects the item; `0`: waits as long as it takes"))
     log_format: Literal["json", "text"] = Field("json", description="`json` (one object per line) or `text`")
     log_level: str = Field("INFO", description="log level of the workers")
 

@@ -68,7 +68,15 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
     if "monitor" in settings.roles:
         from streams.monitor import run_monitor_worker
 
-        return run_monitor_worker(settings, topics, metrics, name)
+        return run_monitor_worker(settings, topics, metrics, name, scoring)
+    if "selector" in settings.roles:
+        from streams.selector import run_selector_worker
+
+        return run_selector_worker(settings, scoring, topics, metrics, name)
+    if "oracle" in settings.roles:
+        from streams.oracle_worker import run_oracle_worker
+
+        return run_oracle_worker(settings, scoring, topics, metrics, name)
 
     _quiet_progress_bars()
     metrics.set_phase(LOADING_MODELS)

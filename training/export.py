@@ -8,19 +8,36 @@ layout the scorer resolves ``name@version`` in, and the package hash is printed 
 
 ``export.json`` (the manifest) also records the sha256 of every file the package hash covers
 (``file_sha256``); serving refuses a package whose files no longer match it, or that has none.
+
+Given reference articles (the calibration split, ``<work>/splits/calibration.jsonl``), export also writes
+the package's drift reference profile (:mod:`scoring.drift`): the articles scored by the package exactly as
+serving scores them, one monitor row per article, and a sample of their stage-1 embeddings. The profile is
+named in filter.yaml (``drift.reference``), so it is hashed with the package: a record's package hash
+names the reference its drift reports were computed against.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import yaml
 
+from scoring.article import Article, parse_article
 from scoring.calibration import Calibration
+from scoring.drift import (
+    PROFILE_EMBEDDINGS,
+    PROFILE_NAME,
+    PROFILE_ROWS,
+    EmbeddingSample,
+    ReferenceProfile,
+    build_profile,
+)
 from scoring.exceptions import FluxscoreError, PackageError
 from scoring.package import (
     CONFIG_NAME,
@@ -31,9 +48,14 @@ from scoring.package import (
     file_sha256,
     hash_files,
     hash_paths,
+    load_config,
     load_package,
 )
 from training.exceptions import TrainingError
+
+if TYPE_CHECKING:
+    from scoring.pipeline import Pipeline
+    from scoring.settings import ScoringSettings
 
 EXPORT_INFO = MANIFEST_NAME
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -133,6 +155,13 @@ def problems(package: FilterPackage) -> list[str]:
             PercentileNormalizer.load(package.file(cfg.normalization))
         except FluxscoreError as exc:
             found.append(f"normalization does not load: {exc}")
+    if cfg.drift.reference and package.file(cfg.drift.reference).is_file():
+        try:
+            profile = ReferenceProfile.load(package.file(cfg.drift.reference))
+            if profile.filter != cfg.name:
+                found.append(f"drift reference {cfg.drift.reference} is the profile of {profile.filter!r}")
+        except FluxscoreError as exc:
+            found.append(f"drift reference does not load: {exc}")
     return found
 
 
@@ -151,9 +180,14 @@ class Exported:
     model_hashes: dict[str, str]
 
 
-def export_package(source: Path, dest_root: Path | None = None, *, overwrite: bool = False) -> Exported:
+def export_package(source: Path, dest_root: Path | None = None, *, overwrite: bool = False,
+                   reference: Path | Sequence[Article] | None = None,
+                   settings: ScoringSettings | None = None) -> Exported:
     """Validate the package at ``source`` and, with ``dest_root``, copy it to
-    ``dest_root/<name>/<version>/``; returns the exported package and its hash."""
+    ``dest_root/<name>/<version>/``; returns the exported package and its hash.
+
+    With ``reference`` (articles, or a JSONL file of them such as the calibration split), the drift
+    reference profile is computed and written into the exported package before its manifest."""
     package = load_package(source)
     require_complete(package)
     if dest_root is not None:
@@ -175,6 +209,14 @@ def export_package(source: Path, dest_root: Path | None = None, *, overwrite: bo
                     shutil.copy2(src, dst)
             package = load_package(target)
             require_complete(package)
+    if reference is not None:
+        articles = read_reference_articles(reference) if isinstance(reference, Path) else list(reference)
+        source_text = (f"{reference.name} ({len(articles)} articles)" if isinstance(reference, Path)
+                       else f"{len(articles)} articles")
+        profile = build_reference_profile(package, articles, source=source_text, settings=settings)
+        write_reference_profile(package.path, profile)
+        package = load_package(package.path)
+        require_complete(package)
     info = write_manifest(package)
     return Exported(package=package, package_hash=info["package_hash"], model_hashes=info["model_hashes"])
 
@@ -206,3 +248,129 @@ def write_commerce_manifest(detector_dir: Path) -> dict[str, Any]:
     return _write_info(detector_dir, {
         "name": "commerce", "version": config.version, "package_hash": hash_paths(detector_dir, files)[:16],
         "files": files, MANIFEST_HASHES: file_sha256(hash_files(detector_dir, files))})
+
+
+# -- drift reference profile -----------------------------------------------------------------------
+
+def read_reference_articles(path: Path) -> list[Article]:
+    """Articles of a JSONL file (labelled records too: their label fields are ignored)."""
+    if not path.is_file():
+        raise TrainingError(f"reference articles {path} do not exist (run `fluxscore train prepare` first?)",
+                            step="export", path=str(path))
+    articles = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            articles.append(parse_article(line))
+        except FluxscoreError as exc:
+            raise TrainingError(f"{path}:{number} is not an article: {exc}", step="export", path=str(path)) from None
+    if not articles:
+        raise TrainingError(f"{path} holds no articles", step="export", path=str(path))
+    return articles
+
+
+class _MemoryStore:
+    """Embeddings computed once while scoring, read again for the profile's sample."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, Any] = {}
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Any]:
+        return [self.rows.get(k) for k in keys]
+
+    def put_many(self, keys: Sequence[bytes], embeddings: Any) -> None:
+        self.rows.update(zip(keys, embeddings, strict=True))
+
+
+def _export_pipeline(package: FilterPackage, settings: ScoringSettings | None) -> Pipeline:
+    """A pipeline serving only ``package``, as a worker would, but without the manifest check: the
+    package is being exported, so it has no (current) manifest yet."""
+    from scoring.embedding import load_embedder
+    from scoring.pipeline import LoadedFilter, Pipeline
+    from scoring.settings import ScoringSettings
+    from scoring.student import StudentPool
+
+    settings = settings or ScoringSettings.from_env()
+    pipeline = Pipeline.load([], settings=settings)
+    pipeline.filters[package.name] = LoadedFilter.open(package, device=pipeline.device)
+    if package.has_stage2:
+        pipeline.students = StudentPool(device=pipeline.device, batch_size=pipeline.stage2_batch)
+        pipeline.students.register(package)
+    load_embedder(package.config.stage1.embedding_model, pipeline.device)
+    pipeline.embedding_store = _MemoryStore()
+    return pipeline
+
+
+def _spread(n: int, keep: int) -> list[int]:
+    """``keep`` indices evenly spread over ``range(n)`` (all of them when ``n <= keep``)."""
+    if n <= keep:
+        return list(range(n))
+    step = n / keep
+    return [int(i * step) for i in range(keep)]
+
+
+def build_reference_profile(package: FilterPackage, articles: Sequence[Article], *, source: str,
+                            settings: ScoringSettings | None = None, max_rows: int = PROFILE_ROWS,
+                            max_embeddings: int = PROFILE_EMBEDDINGS) -> ReferenceProfile:
+    """Score ``articles`` with ``package`` (commerce detector included, as serving does) and profile them."""
+    from scoring.embedding import EmbeddingKey, embed, load_embedder
+
+    chosen = [articles[i] for i in _spread(len(articles), max_rows)]
+    pipeline = _export_pipeline(package, settings)
+    records, screened = pipeline.screen(chosen)
+    final, escalations = pipeline.probe(screened)
+    records += final + pipeline.escalate(escalations)
+    texts = [s.text for s in screened if package.name in s.open_filters]
+    texts = [texts[i] for i in _spread(len(texts), max_embeddings)]
+    sample = None
+    if texts:
+        key = EmbeddingKey.of(package.config)
+        emb = embed(load_embedder(key.model, pipeline.device), key, texts, pipeline.stage1_batch,
+                    pipeline.embedding_store)
+        sample = EmbeddingSample.of(emb, model=key.model, prefix=key.prefix, head_tokens=key.head,
+                                    tail_tokens=key.tail)
+    order = {a.id: i for i, a in enumerate(chosen)}
+    records.sort(key=lambda r: order.get(r.article_id, len(order)))
+    return build_profile(package.name, package.version, records, source=source, articles=len(chosen),
+                         embeddings=sample, max_rows=max_rows)
+
+
+_DRIFT_LINE = re.compile(r"^drift:[ \t]*(#.*)?$")
+
+
+def write_reference_profile(package_dir: Path, profile: ReferenceProfile) -> Path:
+    """Write ``profile`` into the package and name it in filter.yaml (``drift.reference``), leaving every
+    other line of filter.yaml as it was; returns the profile's path."""
+    package_dir = Path(package_dir)
+    config = load_config(package_dir)
+    if profile.filter != config.name:
+        raise PackageError(f"a drift profile of {profile.filter!r} cannot go into package {config.name!r}",
+                           filter=config.name, path=str(package_dir))
+    rel = config.drift.reference or PROFILE_NAME
+    path = package_dir / rel
+    path.write_bytes(profile.to_json())
+    if config.drift.reference:
+        return path
+    config_path = package_dir / CONFIG_NAME
+    text = config_path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    at = next((i for i, line in enumerate(lines) if _DRIFT_LINE.match(line)), None)
+    entry = f"reference: {rel}  # written by `fluxscore train export`: what the drift monitor compares with"
+    if at is None:
+        new_text = text.rstrip("\n") + "\n\ndrift:\n  " + entry + "\n"
+    else:
+        following = next((line for line in lines[at + 1:] if line.strip() and not line.lstrip().startswith("#")), "")
+        indent = following[:len(following) - len(following.lstrip())] if following[:1].isspace() else "  "
+        lines.insert(at + 1, indent + entry)
+        new_text = "\n".join(lines)
+    tmp = config_path.with_suffix(".yaml.tmp")
+    tmp.write_text(new_text, encoding="utf-8")
+    try:
+        if load_config(tmp).drift.reference != rel:
+            raise PackageError(f"{config_path}: drift.reference did not round-trip", path=str(config_path))
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(config_path)
+    return path

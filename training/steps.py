@@ -533,7 +533,11 @@ def run_export(package_dir: Path, work: Workspace | None, dest_root: Path | None
                overwrite: bool = False) -> Any:
     from training.export import export_package
 
-    exported = export_package(package_dir, dest_root, overwrite=overwrite)
+    # The drift reference profile comes from the calibration split: data the probe never trained on,
+    # scored by the package itself (a retrain refreshes it; without a workspace the old one stays).
+    calibration = work.splits / "calibration.jsonl" if work is not None else None
+    exported = export_package(package_dir, dest_root, overwrite=overwrite,
+                              reference=calibration if calibration is not None and calibration.is_file() else None)
     if work is not None:
         report = Report(work.reports, "export", f"export — {exported.package.ref}")
         report.kv({"path": str(exported.package.path), "package_hash": exported.package_hash,

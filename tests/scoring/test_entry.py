@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from scoring import entry
 
-ALL_COMMANDS = {"score", "filters", "worker", "produce", "consume", "demo", "train"}
+ALL_COMMANDS = {"score", "filters", "settings", "worker", "produce", "consume", "demo", "replay", "topics", "annotate",
+                "train", "labels", "drift"}
 
 
 def test_the_full_command_set_is_registered() -> None:
