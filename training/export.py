@@ -117,12 +117,15 @@ def default_prompt(config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def problems(package: FilterPackage) -> list[str]:
-    """Everything that keeps ``package`` from loading and scoring; empty when complete."""
+def problems(package: FilterPackage, *, to_be_written: frozenset[str] = frozenset()) -> list[str]:
+    """Everything that keeps ``package`` from loading and scoring; empty when complete.
+
+    ``to_be_written``: files the caller is about to write (the drift profile an export computes), which
+    may be missing now."""
     from scoring.probe import Probe
 
     cfg: FilterConfig = package.config
-    found: list[str] = [f"missing {rel}" for rel in package.missing_files()]
+    found: list[str] = [f"missing {rel}" for rel in package.missing_files() if rel not in to_be_written]
     prompt = package.file(cfg.oracle_prompt)
     if prompt.is_file() and not prompt.read_text(encoding="utf-8").strip():
         found.append(f"{cfg.oracle_prompt} is empty")
@@ -165,8 +168,8 @@ def problems(package: FilterPackage) -> list[str]:
     return found
 
 
-def require_complete(package: FilterPackage) -> None:
-    found = problems(package)
+def require_complete(package: FilterPackage, *, to_be_written: frozenset[str] = frozenset()) -> None:
+    found = problems(package, to_be_written=to_be_written)
     if found:
         raise IncompletePackageError(
             f"filter package {package.ref} at {package.path} is incomplete: " + "; ".join(found),
@@ -189,7 +192,10 @@ def export_package(source: Path, dest_root: Path | None = None, *, overwrite: bo
     With ``reference`` (articles, or a JSONL file of them such as the calibration split), the drift
     reference profile is computed and written into the exported package before its manifest."""
     package = load_package(source)
-    require_complete(package)
+    # The profile this export computes may not exist yet (a package built from a template naming it).
+    pending = frozenset({package.config.drift.reference}) if reference is not None and package.config.drift.reference \
+        else frozenset()
+    require_complete(package, to_be_written=pending)
     if dest_root is not None:
         target = Path(dest_root) / package.name / package.version
         if target.resolve() != package.path.resolve():
@@ -200,6 +206,8 @@ def export_package(source: Path, dest_root: Path | None = None, *, overwrite: bo
                 shutil.rmtree(target)
             target.mkdir(parents=True)
             for rel in [CONFIG_NAME, *package.config.named_files().values()]:
+                if rel in pending and not package.file(rel).exists():
+                    continue
                 src = package.file(rel)
                 dst = target / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +216,7 @@ def export_package(source: Path, dest_root: Path | None = None, *, overwrite: bo
                 else:
                     shutil.copy2(src, dst)
             package = load_package(target)
-            require_complete(package)
+            require_complete(package, to_be_written=pending)
     if reference is not None:
         articles = read_reference_articles(reference) if isinstance(reference, Path) else list(reference)
         source_text = (f"{reference.name} ({len(articles)} articles)" if isinstance(reference, Path)
@@ -293,6 +301,11 @@ def _export_pipeline(package: FilterPackage, settings: ScoringSettings | None) -
 
     settings = settings or ScoringSettings.from_env()
     pipeline = Pipeline.load([], settings=settings)
+    if package.config.drift.reference and not package.file(package.config.drift.reference).exists():
+        # The profile being computed is not there yet, and scoring does not read it: open the package
+        # without it (the records' package hash is not what the profile keeps).
+        drift = package.config.drift.model_copy(update={"reference": None})
+        package = FilterPackage(config=package.config.model_copy(update={"drift": drift}), path=package.path)
     pipeline.filters[package.name] = LoadedFilter.open(package, device=pipeline.device)
     if package.has_stage2:
         pipeline.students = StudentPool(device=pipeline.device, batch_size=pipeline.stage2_batch)
