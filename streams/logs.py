@@ -72,3 +72,15 @@ def configure(fmt: str, level: str, **static: Any) -> logging.Handler:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     protect_logging([handler])
     return handler
+
+
+def quiet_progress_bars() -> None:
+    """No transformers/hub progress bars: on stderr they would break the one-JSON-object-per-line log stream."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()

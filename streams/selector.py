@@ -53,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -73,6 +72,7 @@ from scoring.aggregate import Tier
 from scoring.package import FilterConfig, FilterPackage, resolve, search_roots
 from scoring.records import ScoreRecord, StageUsed
 from scoring.settings import ScoringSettings
+from streams import logs
 from streams.agents import Inbound
 from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log, run_faust
 from streams.dedupe import REDIS_UNAVAILABLE
@@ -688,14 +688,6 @@ def package_embedder(scoring: ScoringSettings) -> EmbedFn:
     return run
 
 
-def _quiet_progress_bars() -> None:
-    # Progress bars on stderr (loading the encoder) would break the one-JSON-object-per-line log stream.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_progress_bar()
 
 
 def run_selector_worker(settings: StreamSettings, scoring: ScoringSettings, topics: Topics, metrics: StreamMetrics,
@@ -706,7 +698,7 @@ def run_selector_worker(settings: StreamSettings, scoring: ScoringSettings, topi
 
     bootstrap, redis_url = settings.require_cluster()
     metrics.set_phase(LOADING_MODELS)
-    _quiet_progress_bars()
+    logs.quiet_progress_bars()
     packages = load_packages(settings, scoring)
     queues = [topics.active_learning(n) for n in packages]
     embed_fn = package_embedder(scoring)

@@ -38,14 +38,6 @@ def worker_name(settings: StreamSettings) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{'+'.join(settings.roles)}"
 
 
-def _quiet_progress_bars() -> None:
-    # Progress bars on stderr would break the one-JSON-object-per-line log stream.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_progress_bar()
 
 
 def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None) -> int:
@@ -78,7 +70,7 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
 
         return run_oracle_worker(settings, scoring, topics, metrics, name)
 
-    _quiet_progress_bars()
+    logs.quiet_progress_bars()
     metrics.set_phase(LOADING_MODELS)
     started = time.perf_counter()
     # Models load once, before joining the group: a worker never holds partitions it cannot serve yet.
