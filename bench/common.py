@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -74,11 +75,27 @@ def table(results: list[Result], title: str) -> Table:
     return out
 
 
+def portable(value: Any) -> Any:
+    """A path inside the repository as a path relative to it: committed results name no machine's folders.
+
+    >>> portable(str(REPO / "scoring" / "data" / "x.jsonl"))
+    'scoring/data/x.jsonl'
+    """
+    if isinstance(value, str | Path):
+        try:
+            return Path(value).resolve().relative_to(REPO).as_posix()
+        except ValueError:
+            return str(value)
+    return value
+
+
 def save(name: str, results: list[Result], meta: dict[str, Any] | None = None) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS_DIR / f"{name}-{stamp}.json"
-    body = {"benchmark": name, "at": stamp, "machine": machine_info(), "meta": meta or {},
+    meta = {k: portable(v) if isinstance(v, Path) or (isinstance(v, str) and v.startswith("/")) else v
+            for k, v in (meta or {}).items()}
+    body = {"benchmark": name, "at": stamp, "machine": machine_info(), "meta": meta,
             "results": [asdict(r) for r in results]}
     path.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return path
