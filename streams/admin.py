@@ -27,11 +27,7 @@ def deployment_topics(settings: StreamSettings) -> list[TopicSpec]:
     """The pipeline's topics and every per-filter topic (scores, labelling queue, labels) of its filters."""
     topics = Topics.from_settings(settings)
     names = [resolve(ref).name for ref in settings.filters]
-    specs = [*topics.pipeline_topics(names), topics.shadow, topics.drift]
-    for extra in ("alerts",):
-        spec = getattr(topics, extra, None)
-        if isinstance(spec, TopicSpec):
-            specs.append(spec)
+    specs = [*topics.pipeline_topics(names), topics.shadow, topics.drift, topics.alerts]
     for name in names:
         specs += [topics.active_learning(name), topics.labels(name)]
     return specs

@@ -60,7 +60,7 @@ from streams.kafka import ensure_topics
 from streams.metrics import WAITING_FOR_KAFKA, StreamMetrics, ready_when_started
 from streams.outbox import Message, Outbox, Sender
 from streams.settings import StreamSettings
-from streams.topics import Topics, TopicSpec
+from streams.topics import Topics
 
 __all__ = ["MIN_VALUES", "DriftMetrics", "DriftMonitor", "drift_report", "load_reference", "run_monitor_worker"]
 
@@ -248,10 +248,6 @@ def load_reference(path: Path | None) -> list[ScoreRecord]:
     return [ScoreRecord.from_json(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def alerts_topic(settings: StreamSettings, topics: Topics) -> TopicSpec:
-    return TopicSpec(settings.topic_prefix + settings.topic_alerts, topics.drift.partitions)
-
-
 def run_monitor_worker(settings: StreamSettings, topics: Topics, metrics: StreamMetrics, name: str,
                        scoring: ScoringSettings | None = None) -> int:
     """Runs the monitor role; ``metrics`` are already served (by :func:`streams.worker.run_worker`)."""
@@ -262,7 +258,7 @@ def run_monitor_worker(settings: StreamSettings, topics: Topics, metrics: Stream
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     metrics.set_phase(WAITING_FOR_KAFKA)
-    alerts = alerts_topic(settings, topics)
+    alerts = topics.alerts
     sample = settings.monitor_embedding_sample
     wanted = [topics.all_scores, topics.drift, alerts, *([topics.screened] if sample else [])]
     loop.run_until_complete(ensure_topics(bootstrap, wanted, replication=settings.replication))

@@ -30,6 +30,7 @@ class Topics:
     scores_partitions: int
     shadow: TopicSpec
     drift: TopicSpec
+    alerts: TopicSpec
     # Per-filter topics of active learning: ``<base>.<filter>``, as the score topics are.
     active_learning_base: str = "active-learning"
     labels_base: str = "labels"
@@ -46,10 +47,11 @@ class Topics:
                      escalated=spec(settings.topic_escalated, "escalated"), dlq=spec(settings.topic_dlq, "dlq"),
                      scores_base=_checked(p + settings.topic_scores), scores_partitions=parts["scores"],
                      shadow=spec(settings.topic_shadow, "scores"), drift=spec(settings.topic_drift, "scores"),
+                     alerts=spec(settings.topic_alerts, "scores"),
                      active_learning_base=_checked(p + settings.topic_active_learning),
                      labels_base=_checked(p + settings.topic_labels), queue_partitions=settings.default_partitions)
         names = [t.name for t in (topics.raw, topics.screened, topics.escalated, topics.dlq, topics.shadow,
-                                  topics.drift)]
+                                  topics.drift, topics.alerts)]
         if len(set(names)) != len(names):
             raise StreamSettingsError(f"two stream topics have the same name: {names}")
         # Per-filter families must not share a base either: labels.<f> would be scores.<f>.
