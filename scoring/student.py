@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from scoring.exceptions import ModelFilesMissingError, ModelLoadError, PackageError
+from scoring.gguf import is_gguf_ref, resolve_gguf
 from scoring.models import dtype_for, hub_offline, load_error, model_revision, resolve_model_ref
 from scoring.package import FilterPackage
 from scoring.text import encode_head_tail
@@ -80,17 +81,35 @@ def head_name(model: nn.Module) -> str:
     raise ModelLoadError(f"{type(model).__name__} has no linear output layer named {' or '.join(HEAD_NAMES)}")
 
 
+def resolve_base(base_ref: str) -> str:
+    """The local path or hub id a stage-2 ``base_model`` loads from.
+
+    A ``gguf:`` id or ``.gguf`` file is converted once into the user's cache (:mod:`scoring.gguf`) and
+    its directory returned; anything else goes through :func:`scoring.models.resolve_model_ref`.
+    """
+    if is_gguf_ref(base_ref):
+        return str(resolve_gguf(base_ref))
+    return resolve_model_ref(base_ref)
+
+
+def base_revision(base_ref: str) -> str:
+    """:func:`scoring.models.model_revision` of what ``base_ref`` loads from. For a GGUF base that is the
+    converted directory, whose ``gguf_source.json`` (hashed with the weights) names the GGUF's sha256."""
+    return model_revision(resolve_base(base_ref) if is_gguf_ref(base_ref) else base_ref)
+
+
 def load_base(base_ref: str, *, num_labels: int, dtype: torch.dtype,
               problem_type: str | None = None) -> tuple[Any, Any, int]:
     """Tokenizer, sequence-classification model and pad id of a student base: the one loader serving
     (:class:`StudentPool`) and training (``training.student``) share, so both read a base the same way.
 
-    ``base_ref`` is a hub id or a local path (``resolve_model_ref``); offline, hub ids must be cached.
+    ``base_ref`` is a hub id, a local path (``resolve_model_ref``; offline, hub ids must be cached) or a
+    GGUF base (``gguf:gemma3-270m-q4-k-m``, a ``.gguf`` file; :func:`resolve_base`).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    path = resolve_model_ref(base_ref)
+    path = resolve_base(base_ref)
     verbosity = hf_logging.get_verbosity()
     # The base's own head is replaced (serving: each adapter brings its own; training: a new one), so the
     # "newly initialised weights" report transformers prints on load is noise here.
@@ -101,7 +120,8 @@ def load_base(base_ref: str, *, num_labels: int, dtype: torch.dtype,
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, dtype=dtype, local_files_only=hub_offline(), **extra)
     except Exception as exc:
-        raise load_error(base_ref, "stage-2 base model", exc) from exc
+        # A GGUF base failing here was converted already: the converted directory is what could not be read.
+        raise load_error(path if is_gguf_ref(base_ref) else base_ref, "stage-2 base model", exc) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
     pad = pad_id_of(tokenizer)
@@ -273,7 +293,7 @@ class StudentPool:
         model.to(self.device).eval()
         # Once per base and process, at load (a 1B base is 2 GB to hash): every stage-2 record reuses it.
         base = _Base(ref=base_ref, model=model, tokenizer=tokenizer, pad_id=pad, head_attr=head_name(model),
-                     revision=model_revision(base_ref))
+                     revision=base_revision(base_ref))
         self._bases[base_ref] = base
         return base
 

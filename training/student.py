@@ -1,4 +1,6 @@
-"""Stage-2 student training: LoRA fine-tuning of a sequence-regression head on any transformers base.
+"""Stage-2 student training: LoRA fine-tuning of a sequence-regression head on any transformers base
+(a hub id, a local directory, or a GGUF base such as ``gguf:gemma3-270m-q4-k-m``, converted once into the
+user's cache by :mod:`scoring.gguf`; all through :func:`scoring.student.load_base`, as serving loads it).
 
 A plain torch loop (the Trainer adds little for one regression head and hides the per-sample weights):
 MSE loss with optional sample weights, validation MAE after every epoch, and the adapter of the best
@@ -66,7 +68,8 @@ class StudentRecipe:
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """One progress report: after each optimiser step (phase ``train``) and each validation (``val``)."""
+    """One progress report: after every optimiser step (phase ``train``; with ``grad_accum`` k, every k
+    batches) and after each epoch's validation (``val``), so a caller hears at least once per step."""
 
     phase: str
     epoch: int

@@ -1,5 +1,7 @@
 """StudentPool against the filter's own peft model, on a tiny random Gemma-3 and on real MiniLM (BERT)."""
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +160,60 @@ def test_bert_student_on_minilm(minilm_path: Path, tmp_path: Path) -> None:
     out = pool.predict(pkg.ref, texts)
     np.testing.assert_allclose(out, reference_scores(pkg_dir, texts), atol=1e-5)
     np.testing.assert_allclose(out, np.stack([pool.predict(pkg.ref, [t])[0] for t in texts]), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def gguf_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tiny Gemma-3 GGUF (Gemma tokenizer: <bos>, pad 0); converted into a test cache, never the user's."""
+    from tests.scoring.test_gguf import write_tiny_gemma_gguf
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FLUXSCORE_MODEL_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+    path, _ = write_tiny_gemma_gguf(tmp_path_factory.mktemp("gguf") / "tiny-gemma3.gguf", seed=4)
+    yield path
+    patch.undo()
+
+
+def test_gguf_gemma_student_reads_bos_head_and_tail(gguf_base: Path, tmp_path: Path) -> None:
+    """A student on a GGUF base, trained and served through the same cut: <bos>, the first ``head`` and the
+    last ``tail`` tokens, right-padded, pooled at the last real token."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from scoring.gguf import SOURCE_NAME
+    from scoring.models import model_revision
+    from scoring.package import sha256_file
+    from scoring.student import resolve_base
+
+    head, tail = 8, 4
+    adapter = train_tiny_student(gguf_base, ["a", "b"], tmp_path / "adapter", seed=4, head_tokens=head,
+                                 tail_tokens=tail, max_length=16)
+    pkg = load_package(student_package(tmp_path / "filters", "ggufed", ["a", "b"], base=str(gguf_base),
+                                       adapter=adapter, head=head, tail=tail, max_length=16))
+    pool = StudentPool(batch_size=3)
+    pool.register(pkg)
+    converted = Path(resolve_base(str(gguf_base)))
+    assert json.loads((converted / SOURCE_NAME).read_text())["gguf_sha256"] == sha256_file(gguf_base)
+    assert pool.revision(pkg.ref) == model_revision(str(converted))
+
+    start = "News about the solar panels says more about the wind farm"
+    texts = [f"{start} {'about the bank ' * n}the new solar farm says more" for n in (3, 9, 30)] + ["News"]
+    out = pool.predict(pkg.ref, texts)
+    tokenizer = AutoTokenizer.from_pretrained(str(converted))
+    assert tokenizer.bos_token_id == 2 and tokenizer.pad_token_id == 0
+    model = AutoModelForSequenceClassification.from_pretrained(str(converted), num_labels=2)
+    model.config.pad_token_id = 0
+    model = PeftModel.from_pretrained(model, str(pkg.file("adapter"))).eval()
+    for text, row in zip(texts, out, strict=True):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        cut = ids if len(ids) <= head + tail else ids[:head] + ids[-tail:]
+        with torch.inference_mode():
+            expected = model(input_ids=torch.tensor([[2, *cut]])).logits[0].numpy()
+        np.testing.assert_allclose(row, expected, atol=1e-5)
+    # Batched (right-padded with pad id 0) equals one at a time; the middle of a long text is not read.
+    np.testing.assert_allclose(out, np.stack([pool.predict(pkg.ref, [t])[0] for t in texts]), atol=1e-5)
+    middle = texts[2].replace("about the bank about the bank", "about the wind about the wind", 3)
+    ending = texts[2].replace("the new solar farm says more", "the new wind bank says about")
+    assert middle != texts[2] != ending
+    np.testing.assert_allclose(pool.predict(pkg.ref, [middle])[0], out[2], atol=1e-6)
+    assert not np.allclose(pool.predict(pkg.ref, [ending])[0], out[2], atol=1e-4)

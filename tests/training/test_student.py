@@ -41,7 +41,9 @@ def test_trains_saves_best_adapter_and_history(tiny_gemma: Path, tmp_path: Path)
     assert history["n_train"] + history["n_val"] == 12 and history["n_val"] == 1
     assert set(history["best_val_mae_per_dim"]) == {"a", "b"}
     train_steps = [e.step for e in events if e.phase == "train"]
-    assert train_steps == list(range(1, len(train_steps) + 1)) and train_steps[-1] == events[-1].steps == 9
+    # One report per optimiser step and one per epoch's validation; the run's size is known from the first.
+    assert train_steps == list(range(1, 10)) and {e.steps for e in events} == {9}
+    assert all(e.loss is not None for e in events)
     assert [e.epoch for e in events if e.phase == "val"] == [1, 2, 3]
 
 
@@ -87,3 +89,23 @@ def test_bad_inputs_are_rejected(tiny_gemma: Path, tmp_path: Path) -> None:
         train_student(texts, y, ["a", "b"], base, tmp_path, val_texts=texts)
     with pytest.raises(TypeError, match="unknown student recipe"):
         train_student(texts, y, ["a", "b"], base, tmp_path, epoch=1)
+
+
+def test_training_reads_only_the_head_and_the_tail(tiny_gemma: Path, tmp_path: Path) -> None:
+    """Texts that differ only between the head and the tail train the same adapter, as serving cuts them."""
+    words = ["solar", "wind", "bank", "river", "library", "battery", "drought", "vaccine", "football", "startup"]
+
+    def text(middle_seed: int, tail: str = "and so the article ends with this last long sentence") -> str:
+        middle = " ".join(np.random.default_rng(middle_seed).choice(words, 200))
+        return f"Headline about a wind farm, and then many more words at the start of this article. {middle} {tail}"
+
+    y = np.random.default_rng(3).uniform(0, 10, size=(6, 2))
+    recipe = {**FAST, "head_tokens": 16, "tail_tokens": 8, "max_length": 32, "epochs": 1}
+    runs = {}
+    for name, texts in (("a", [text(i) for i in range(6)]), ("b", [text(100 + i) for i in range(6)]),
+                        ("tail", [text(i, tail=f"and so the article ends with sentence {i}") for i in range(6)])):
+        train_student(texts, y, ["a", "b"], str(tiny_gemma), tmp_path / name, seed=1, **recipe)
+        runs[name] = load_file(str(tmp_path / name / "adapter_model.safetensors"))
+    for key in runs["a"]:
+        assert (runs["a"][key] == runs["b"][key]).all(), key
+    assert any(not (runs["a"][k] == runs["tail"][k]).all() for k in runs["a"])
