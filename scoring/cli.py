@@ -320,10 +320,12 @@ filters_app = typer.Typer(help="Installed filter packages.", no_args_is_help=Tru
 
 @filters_app.command("list")
 def list_filters() -> None:
-    """Every filter package found on the search path, with its hash, model-file and verification status
-    (``ok``: files match the hashes recorded at export; ``TAMPERED: <files>``; ``unverified``: no hashes)."""
+    """Every filter package found on the search path, with its hash, whether it blocks commerce, model-file
+    and verification status (``ok``: files match the hashes recorded at export; ``TAMPERED: <files>``;
+    ``unverified``: no hashes). ``commerce``: ``blocks`` when the package's ``prefilter.block_commerce`` is
+    true (the commerce detector's verdict ends the article for it), else ``passes``."""
     table = Table(title="filter packages")
-    for col in ("filter", "version", "package_hash", "stage 2", "models", "verified", "path"):
+    for col in ("filter", "version", "package_hash", "stage 2", "commerce", "models", "verified", "path"):
         table.add_column(col)
     for name, dirs in sorted(available().items()):
         for pkg_dir in dirs:
@@ -332,8 +334,8 @@ def list_filters() -> None:
                 package_hash = pkg.package_hash
             except (FluxscoreError, OSError) as exc:  # an unreadable file: a row, not a traceback
                 # Messages carry "[field=…]" context, which rich would read as markup.
-                table.add_row(escape(name), escape(pkg_dir.name), "-", "-", f"[red]invalid: {escape(str(exc))}[/red]",
-                              "-", escape(str(pkg_dir)))
+                table.add_row(escape(name), escape(pkg_dir.name), "-", "-", "-",
+                              f"[red]invalid: {escape(str(exc))}[/red]", "-", escape(str(pkg_dir)))
                 continue
             missing = pkg.missing_files()
             status = "[green]ready[/green]" if not missing else f"[yellow]missing {escape(', '.join(missing))}[/yellow]"
@@ -345,8 +347,9 @@ def list_filters() -> None:
                     verified = "-"  # untrained: nothing to verify yet
             except (FluxscoreError, OSError) as exc:
                 verified = f"[red]{escape(str(exc))}[/red]"
-            table.add_row(pkg.name, pkg.version, package_hash, "yes" if pkg.has_stage2 else "no", status, verified,
-                          escape(str(pkg.path)))
+            commerce = "blocks" if pkg.config.prefilter.block_commerce else "passes"
+            table.add_row(pkg.name, pkg.version, package_hash, "yes" if pkg.has_stage2 else "no", commerce, status,
+                          verified, escape(str(pkg.path)))
     print_table(table, Console())
 
 

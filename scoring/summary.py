@@ -31,6 +31,11 @@ class ScoreSummary:
         if record.stage.value in ("stage1", "stage2"):
             self.tiers[(record.filter.name, record.tier.value)] += 1
 
+    @property
+    def commerce_blocked(self) -> int:
+        """Records the commerce detector ended, over every filter (one article counts once per filter)."""
+        return sum(n for (_, stage), n in self.stages.items() if stage == "commerce")
+
     def table(self, title: str = "fluxscore score") -> Table:
         filters = sorted({name for name, _ in self.stages})
         table = Table(title=title)
@@ -41,6 +46,6 @@ class ScoreSummary:
             table.add_row(name, *(str(self.tiers[(name, t)]) for t in ("HIGH", "MEDIUM", "LOW")),
                           *(str(self.stages[(name, s)]) for s in ("stage1", "stage2", "prefilter", "commerce")))
         rate = (self.read - self.rejected) / self.seconds if self.seconds > 0 else 0.0
-        table.caption = (f"{self.read} read, {self.rejected} rejected, {self.records} records, "
-                         f"{self.seconds:.1f} s, {rate:.1f} articles/s")
+        table.caption = (f"{self.read} read, {self.rejected} rejected, {self.records} records "
+                         f"({self.commerce_blocked} blocked as commerce), {self.seconds:.1f} s, {rate:.1f} articles/s")
         return table

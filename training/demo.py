@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from scoring.article import validate_article
 from scoring.package import BUNDLED_ROOT, load_package
 from training.steps import (
     ProgressFn,
@@ -98,24 +95,22 @@ def build_demo(out_root: Path = BUNDLED_ROOT, *, n_articles: int = 1600, seed: i
 
 def fit_demo_commerce(records: list[dict[str, Any]], detector_dir: Path, work: Workspace, *, device: str = "cpu",
                       seed: int = 0, progress: ProgressFn = _quiet) -> dict[str, Any]:
-    """Fit the universal commerce classifier on synthetic commerce items against synthetic news."""
+    """Fit the universal commerce classifier on the recipe's synthetic part: the demo's commerce and news
+    items plus :func:`training.synth.generate_commerce_set` (guides, deal roundups, coupons, sponsored posts,
+    price-quoting news). The bundled classifier is also trained on real labelled articles, which the demo
+    does not have: ``python -m training.commerce --data FILE.jsonl`` retrains it that way afterwards."""
     from scoring.commerce import load_config as load_commerce_config
-    from scoring.embcache import DiskEmbeddingStore
-    from scoring.embedding import EmbeddingKey, embed, load_embedder
-    from scoring.text import article_text
-    from training.commerce import fit_commerce
+    from training.commerce import RECIPE_C, SYNTH_SET_ROWS, fit_commerce, synthetic_corpus
     from training.export import write_commerce_manifest
 
     originals = [r for r in records if r["truth"]["near_duplicate_of"] is None]
-    articles = [validate_article(strip_labels(r)) for r in originals]
-    labels = [bool(r["truth"]["is_commerce"]) for r in originals]
     config = load_commerce_config(detector_dir)
-    # Exactly the cut commerce.yaml names, which the pipeline encodes for the detector (the demo filters
-    # use the same one, so serving shares their embedding).
-    key = EmbeddingKey.of_commerce(config)
-    emb = embed(load_embedder(key.model, device), key, [article_text(a) for a in articles],
-                store=DiskEmbeddingStore(work.cache_dir))
-    metrics = fit_commerce(articles, labels, np.asarray(emb), detector_dir, seed=seed)
+    # The cut commerce.yaml names, which the pipeline encodes for the detector (the demo filters use the
+    # same one, so serving shares their embedding); the commerce set with the demo's seed.
+    corpus = synthetic_corpus(config, seed=seed, demo_rows=0, set_rows=SYNTH_SET_ROWS, device=device,
+                              cache_dir=work.cache_dir, demo_records=originals)
+    metrics = fit_commerce(corpus.articles, corpus.labels.astype(bool).tolist(), corpus.embeddings, detector_dir,
+                           C=RECIPE_C, seed=seed, training_data=corpus.describe())
     # Serving verifies the detector's files against this manifest: write it for the classifier just fitted.
     write_commerce_manifest(detector_dir)
     return metrics

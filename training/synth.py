@@ -627,3 +627,319 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
             fh.write(b"\n")
             count += 1
     return count
+
+
+# --- The commerce detector's own training set ---------------------------------------------------------
+# The demo corpus above holds a few commerce kinds in five languages, and its news never mentions a price:
+# a classifier trained on it alone learns "a price means commerce" and misses buying guides, deal roundups,
+# coupon posts and sponsored posts without prices. This set covers those families in every language the
+# commerce rules cover, next to the hard negatives: news that quotes prices (inflation, earnings, a car
+# or product launch, sales-season retail figures). Slots: {product} {brand} {price} {old} {pct} {year}
+# {n} {code} {company} {amount} {rate} {car}.
+COMMERCE_LANGUAGES = ("en", "nl", "de", "fr", "es", "pt", "it", "el")
+
+_COMMERCE_SET: dict[str, dict[str, dict[str, tuple[str, str]]]] = {
+    "commerce": {
+        "guide": {
+            "en": ("The best {product}s for {year}, tested and reviewed",
+                   "We spent weeks testing {n} {product}s to find the ones worth buying. Our top pick is the {brand}, "
+                   "with the best budget pick close behind. Here is our buying guide, updated for {year}."),
+            "nl": ("De beste {product}s van {year}, getest",
+                   "We testten {n} {product}s om te zien welke het kopen waard zijn. Onze favoriet is de {brand}. "
+                   "In deze koopgids lees je welke het best bij je past."),
+            "de": ("Die besten {product} {year} im Test",
+                   "Wir haben {n} Modelle ausprobiert. Testsieger ist der {brand}, Preis-Leistungs-Sieger ein "
+                   "günstigeres Modell. Unsere Kaufberatung zeigt, welches Gerät zu Ihnen passt."),
+            "fr": ("Les meilleurs {product} de {year} : notre sélection",
+                   "Nous avons testé {n} modèles pour vous. Notre coup de cœur est le {brand}. Voici notre guide "
+                   "d'achat pour choisir le bon modèle cette année."),
+            "es": ("Los mejores {product} de {year}: nuestra selección",
+                   "Hemos probado {n} modelos. Nuestro favorito es el {brand}, y te contamos cuál tiene la mejor "
+                   "relación calidad-precio en esta guía de compra."),
+            "pt": ("Qual {product} vale a pena comprar em {year}?",
+                   "Testamos {n} modelos para ajudar na escolha. O {brand} é o nosso favorito e tem o melhor "
+                   "custo-benefício. Confira o nosso guia de compras."),
+            "it": ("I migliori {product} del {year}: quale comprare",
+                   "Abbiamo provato {n} modelli. Il nostro preferito è il {brand}, con il miglior rapporto "
+                   "qualità-prezzo. Ecco la nostra guida all'acquisto."),
+            "el": ("Τα καλύτερα {product} του {year}: ποιο να αγοράσετε",
+                   "Δοκιμάσαμε {n} μοντέλα. Το αγαπημένο μας είναι το {brand}. Διαβάστε τον οδηγό αγοράς μας "
+                   "για να διαλέξετε σωστά."),
+        },
+        "roundup": {
+            "en": ("{n}+ Black Friday deals you can still get",
+                   "The best Black Friday deals are live: the {brand} {product} is {pct} percent off at {price}, "
+                   "and dozens more early deals on laptops and headphones are listed below."),
+            "nl": ("De {n} beste Black Friday-aanbiedingen op een rij",
+                   "De {brand} {product} is nu {pct}% goedkoper en kost {price}. Hieronder vind je de beste deals "
+                   "van dit weekend."),
+            "de": ("Die besten Black-Friday-Angebote: {n} Schnäppchen",
+                   "Der {brand} {product} ist gerade um {pct} % reduziert und kostet {price}. Wir haben die besten "
+                   "Deals des Tages für Sie gesammelt."),
+            "fr": ("Black Friday : les meilleures offres du jour",
+                   "Le {product} {brand} passe à {price}, soit -{pct}%. Voici {n} bons plans à saisir avant "
+                   "la fin de la semaine."),
+            "es": ("Las mejores ofertas del Black Friday",
+                   "El {product} {brand} tiene un descuento del {pct}% y se queda en {price}. Te dejamos {n} "
+                   "chollos más que no te puedes perder."),
+            "pt": ("Esquenta Black Friday: veja {n} produtos em oferta",
+                   "O {product} {brand} está com {pct}% de desconto e sai por {price}. Confira as melhores "
+                   "ofertas antes que acabem."),
+            "it": ("Black Friday Amazon: le migliori offerte di oggi",
+                   "Il {product} {brand} è in super offerta con uno sconto del {pct}%, a {price}. Ecco altre {n} "
+                   "offerte imperdibili."),
+            "el": ("Black Friday: οι καλύτερες προσφορές της ημέρας",
+                   "Το {product} {brand} έχει έκπτωση {pct}% και κοστίζει {price}. Δείτε άλλες {n} προσφορές "
+                   "πριν εξαντληθούν."),
+        },
+        "coupon": {
+            "en": ("{brand} promo code: {pct}% off this week",
+                   "Use code {code} at checkout to take {pct}% off any {product}. The coupon code works until "
+                   "Sunday and stacks with free shipping."),
+            "nl": ("Kortingscode {brand}: {pct}% korting",
+                   "Met de kortingscode {code} krijg je {pct}% korting op elke {product}. De actiecode is geldig "
+                   "tot zondag."),
+            "de": ("{brand} Gutscheincode: {pct} % Rabatt",
+                   "Mit dem Rabattcode {code} sparen Sie {pct} % auf jeden {product}. Der Gutschein gilt bis "
+                   "Sonntag."),
+            "fr": ("Code promo {brand} : -{pct}% cette semaine",
+                   "Avec le code promo {code}, profitez de {pct} % de réduction sur tous les {product}. Offre "
+                   "valable jusqu'à dimanche."),
+            "es": ("Cupón {brand}: {pct}% de descuento",
+                   "Con el código de descuento {code} ahorras un {pct}% en cualquier {product}. El cupón es "
+                   "válido hasta el domingo."),
+            "pt": ("Cupom {brand}: {pct}% de desconto",
+                   "Use o cupom {code} e ganhe {pct}% de desconto em qualquer {product}. O código promocional "
+                   "vale até domingo."),
+            "it": ("Codice sconto {brand}: {pct}% su tutto",
+                   "Usa il codice {code} per avere il {pct}% di sconto su ogni {product}. Il coupon è valido "
+                   "fino a domenica."),
+            "el": ("Κωδικός έκπτωσης {brand}: {pct}% σε όλα",
+                   "Με το κουπόνι {code} κερδίζετε έκπτωση {pct}% σε κάθε {product}. Ο κωδικός ισχύει έως "
+                   "την Κυριακή."),
+        },
+        "sponsored": {
+            "en": ("How {brand} helps small teams work smarter",
+                   "Sponsored content. Teams everywhere are rethinking how they work, and {brand} wants to help. "
+                   "Discover what its platform can do for you. Sign up today and start your free trial."),
+            "nl": ("Zo helpt {brand} kleine teams slimmer werken",
+                   "Gesponsorde inhoud. Steeds meer teams kiezen voor {brand}. Ontdek wat het platform voor jou "
+                   "kan doen. Meld je nu aan en probeer gratis."),
+            "de": ("Wie {brand} kleinen Teams hilft",
+                   "Anzeige. Immer mehr Teams setzen auf {brand}. Entdecken Sie, was die Plattform für Sie tun "
+                   "kann. Jetzt anmelden und kostenlos testen."),
+            "fr": ("Comment {brand} aide les petites équipes",
+                   "Contenu sponsorisé. De plus en plus d'équipes choisissent {brand}. Découvrez ce que la "
+                   "plateforme peut faire pour vous. Essai gratuit, inscrivez-vous dès aujourd'hui."),
+            "es": ("Cómo {brand} ayuda a los equipos pequeños",
+                   "Contenido patrocinado. Cada vez más equipos confían en {brand}. Descubre lo que la plataforma "
+                   "puede hacer por ti. Regístrate hoy y prueba gratis."),
+            "pt": ("Como a {brand} ajuda pequenas equipes",
+                   "Conteúdo patrocinado. Cada vez mais equipes escolhem a {brand}. Descubra o que a plataforma "
+                   "pode fazer por você. Cadastre-se já e faça um teste grátis."),
+            "it": ("Come {brand} aiuta i piccoli team",
+                   "Contenuto sponsorizzato. Sempre più team scelgono {brand}. Scopri cosa può fare la piattaforma "
+                   "per te. Iscriviti oggi e prova gratis."),
+            "el": ("Πώς η {brand} βοηθά τις μικρές ομάδες",
+                   "Χορηγούμενο περιεχόμενο. Όλο και περισσότερες ομάδες επιλέγουν την {brand}. Ανακαλύψτε τι "
+                   "μπορεί να κάνει για εσάς. Εγγραφείτε σήμερα."),
+        },
+        "deal": {
+            "en": ("The {brand} {product} is {pct} percent off right now",
+                   "The {brand} {product} has dropped to {price} at Amazon, down from {old}. That is the lowest "
+                   "price we have seen. We may earn a commission from links on this page."),
+            "nl": ("{brand} {product} nu {pct}% goedkoper",
+                   "De {brand} {product} kost nu {price} in plaats van {old}: de laagste prijs ooit. Dit artikel "
+                   "bevat affiliate links."),
+            "de": ("{brand} {product} zum Tiefstpreis",
+                   "Den {brand} {product} gibt es jetzt für {price} statt {old}. Mit * markierte Links sind "
+                   "Partnerlinks."),
+            "fr": ("Le {product} {brand} à prix cassé",
+                   "Le {product} {brand} passe à {price} au lieu de {old}. Cet article contient des liens affiliés."),
+            "es": ("Nunca ha estado tan barato: {product} {brand}",
+                   "El {product} {brand} baja a {price}, antes {old}. Podemos recibir una comisión por las compras."),
+            "pt": ("{product} {brand} com {pct}% OFF",
+                   "O {product} {brand} sai por {price}, antes {old}. Aproveite a promoção! Link de afiliado."),
+            "it": ("{product} {brand} al minimo storico",
+                   "Il {product} {brand} costa {price} invece di {old}. Potremmo ricevere una commissione dai link."),
+            "el": ("{product} {brand} σε χαμηλότερη τιμή",
+                   "Το {product} {brand} κοστίζει {price} από {old}. Ενδέχεται να λάβουμε προμήθεια από τους "
+                   "συνδέσμους."),
+        },
+    },
+    "news": {
+        "inflation": {
+            "en": ("Inflation rises to {rate}% as food prices climb",
+                   "Consumer prices rose {rate}% from a year earlier, the statistics office said. A loaf of bread "
+                   "now costs {price}, up from {old}, and energy bills rose again. Economists expect the central "
+                   "bank to keep rates on hold at its next meeting."),
+            "nl": ("Inflatie stijgt naar {rate} procent",
+                   "De prijzen stegen met {rate} procent, meldt het CBS. Een brood kost nu {price}, vorig jaar was "
+                   "dat {old}. Economen verwachten dat de ECB de rente niet verandert."),
+            "de": ("Inflation steigt auf {rate} Prozent",
+                   "Die Verbraucherpreise stiegen um {rate} Prozent, teilte das Statistische Bundesamt mit. Ein "
+                   "Brot kostet nun {price}, im Vorjahr waren es {old}. Ökonomen erwarten keine Zinsänderung."),
+            "fr": ("L'inflation remonte à {rate} %",
+                   "Les prix à la consommation ont augmenté de {rate} % sur un an, selon l'Insee. La baguette "
+                   "coûte désormais {price}, contre {old} l'an dernier."),
+            "es": ("La inflación sube al {rate}%",
+                   "Los precios subieron un {rate}% interanual, según el INE. El pan cuesta ya {price}, frente a "
+                   "{old} hace un año, y la luz volvió a encarecerse."),
+            "pt": ("Inflação sobe para {rate}%",
+                   "Os preços ao consumidor subiram {rate}% em doze meses, informou o IBGE. O quilo do arroz custa "
+                   "{price}, contra {old} há um ano."),
+            "it": ("L'inflazione sale al {rate}%",
+                   "I prezzi al consumo sono aumentati del {rate}% su base annua, comunica l'Istat. Il pane costa "
+                   "ora {price}, contro {old} un anno fa."),
+            "el": ("Στο {rate}% ο πληθωρισμός",
+                   "Οι τιμές καταναλωτή αυξήθηκαν κατά {rate}% σε ετήσια βάση, ανακοίνωσε η ΕΛΣΤΑΤ. Το ψωμί κοστίζει "
+                   "πλέον {price}, έναντι {old} πέρυσι."),
+        },
+        "earnings": {
+            "en": ("{company} profit beats forecasts",
+                   "{company} reported quarterly revenue of {amount} billion dollars, ahead of analyst estimates. "
+                   "Its shares rose {rate}% to {price} in early trading, and the company raised its outlook."),
+            "nl": ("{company} boekt hogere winst",
+                   "{company} zag de omzet stijgen tot {amount} miljard euro. Het aandeel steeg {rate} procent "
+                   "naar {price}. Het bedrijf verhoogde zijn verwachtingen."),
+            "de": ("{company} übertrifft die Erwartungen",
+                   "{company} steigerte den Umsatz auf {amount} Milliarden Euro. Die Aktie legte um {rate} Prozent "
+                   "auf {price} zu; der Konzern hob seine Prognose an."),
+            "fr": ("{company} dépasse les attentes",
+                   "{company} a publié un chiffre d'affaires de {amount} milliards d'euros. L'action a gagné "
+                   "{rate} % à {price} en début de séance."),
+            "es": ("{company} supera las previsiones",
+                   "{company} facturó {amount} millones de euros en el trimestre. Sus acciones subieron un {rate}% "
+                   "hasta {price} en la apertura."),
+            "pt": ("{company} supera as previsões",
+                   "A {company} registrou receita de {amount} bilhões de reais no trimestre. As ações subiram "
+                   "{rate}% para {price}."),
+            "it": ("{company} batte le stime",
+                   "{company} ha chiuso il trimestre con ricavi per {amount} miliardi di euro. Il titolo è salito "
+                   "del {rate}% a {price} in apertura."),
+            "el": ("Κέρδη πάνω από τις εκτιμήσεις για την {company}",
+                   "Η {company} ανακοίνωσε έσοδα {amount} δισ. ευρώ στο τρίμηνο. Η μετοχή ανέβηκε {rate}% στα "
+                   "{price}."),
+        },
+        "launch": {
+            "en": ("{company} unveils the {car}, its cheapest electric car yet",
+                   "{company} on Tuesday presented the {car}, an electric hatchback that will cost {price} when "
+                   "it reaches dealers next spring. Analysts said the price could put pressure on rivals, and the "
+                   "company plans to build it at its plant near {city}."),
+            "nl": ("{company} presenteert de {car}",
+                   "{company} toonde dinsdag de {car}, een elektrische auto die {price} gaat kosten als hij in "
+                   "het voorjaar bij de dealers staat. Analisten verwachten prijsdruk op concurrenten."),
+            "de": ("{company} stellt den {car} vor",
+                   "{company} hat am Dienstag den {car} vorgestellt, ein Elektroauto, das ab dem Frühjahr {price} "
+                   "kosten soll. Analysten erwarten Druck auf die Konkurrenz; gebaut wird er in {city}."),
+            "fr": ("{company} dévoile la {car}",
+                   "{company} a présenté mardi la {car}, une citadine électrique vendue {price} à son arrivée "
+                   "au printemps. Les analystes y voient une menace pour la concurrence."),
+            "es": ("{company} presenta el {car}",
+                   "{company} presentó el martes el {car}, un eléctrico que costará {price} cuando llegue a los "
+                   "concesionarios en primavera. Se fabricará en {city}."),
+            "pt": ("{company} apresenta o {car}",
+                   "A {company} apresentou nesta terça o {car}, um elétrico que custará {price} quando chegar às "
+                   "concessionárias. Analistas esperam pressão sobre os rivais."),
+            "it": ("{company} presenta la {car}",
+                   "{company} ha presentato martedì la {car}, un'auto elettrica che costerà {price} quando arriverà "
+                   "nei concessionari in primavera. Sarà prodotta a {city}."),
+            "el": ("Η {company} παρουσιάζει το {car}",
+                   "Η {company} παρουσίασε την Τρίτη το {car}, ένα ηλεκτρικό αυτοκίνητο που θα κοστίζει {price} "
+                   "όταν φτάσει στις αντιπροσωπείες την άνοιξη."),
+        },
+        "retail": {
+            "en": ("Shoppers spent {amount} billion dollars over Black Friday weekend",
+                   "Online spending rose {rate}% from last year, an industry tracker said. Retailers offered "
+                   "steep discounts, but analysts warned that household debt keeps rising and that many "
+                   "shoppers bought less than a year ago."),
+            "nl": ("Winkels zetten minder om tijdens Black Friday",
+                   "Consumenten gaven {amount} miljard euro uit, {rate} procent minder dan vorig jaar. "
+                   "Winkeliers klagen over de hoge kortingen die hun marges drukken."),
+            "de": ("Händler ziehen gemischte Bilanz nach dem Black Friday",
+                   "Der Handelsverband meldet Umsätze von {amount} Milliarden Euro, {rate} Prozent mehr als im "
+                   "Vorjahr. Viele Händler klagen über sinkende Margen durch Rabattschlachten."),
+            "fr": ("Le Black Friday déçoit les commerçants",
+                   "Les ventes ont atteint {amount} milliards d'euros, en hausse de {rate} %. Les petits commerces "
+                   "dénoncent une course aux remises qu'ils ne peuvent pas suivre."),
+            "es": ("El comercio factura {amount} millones en el Black Friday",
+                   "Las ventas crecieron un {rate}%, según la patronal. Los pequeños comercios critican la guerra "
+                   "de descuentos de las grandes plataformas."),
+            "pt": ("Black Friday movimenta {amount} bilhões de reais",
+                   "O faturamento do varejo cresceu {rate}%, segundo a associação do setor. Especialistas alertam "
+                   "para o endividamento das famílias."),
+            "it": ("Black Friday, i consumi crescono del {rate}%",
+                   "Gli italiani hanno speso {amount} miliardi di euro, secondo Confcommercio. I piccoli negozi "
+                   "lamentano la concorrenza delle grandi piattaforme."),
+            "el": ("Black Friday: αύξηση {rate}% στον τζίρο",
+                   "Οι καταναλωτές ξόδεψαν {amount} δισ. ευρώ, σύμφωνα με τον εμπορικό σύλλογο. Οι μικροί "
+                   "έμποροι διαμαρτύρονται για τις υπερβολικές εκπτώσεις."),
+        },
+    },
+}
+_SET_PRODUCTS = {
+    "en": ["laptop", "air fryer", "robot vacuum", "smartwatch", "e-bike", "pair of headphones"],
+    "nl": ["laptop", "airfryer", "robotstofzuiger", "smartwatch", "e-bike"],
+    "de": ["Laptops", "Heißluftfritteusen", "Saugroboter", "Smartwatches", "E-Bikes"],
+    "fr": ["ordinateurs portables", "friteuses sans huile", "aspirateurs robots", "montres connectées"],
+    "es": ["portátiles", "freidoras de aire", "robots aspiradores", "relojes inteligentes"],
+    "pt": ["notebook", "air fryer", "robô aspirador", "smartwatch", "celular"],
+    "it": ["notebook", "friggitrici ad aria", "robot aspirapolvere", "smartwatch", "monopattini elettrici"],
+    "el": ["λάπτοπ", "φριτέζες αέρος", "σκούπες ρομπότ", "smartwatch", "κινητά"],
+}
+_SET_COMPANIES = ["Vantor", "Helmark", "Ostrava Motors", "Quillon", "Marevia", "Toskar"]
+_SET_CARS = ["E3", "Nova", "Spark 40", "Urbo", "Lina EV"]
+_SET_CITIES = ["Turin", "Gdansk", "Valencia", "Leipzig", "Porto", "Thessaloniki"]
+_SET_CURRENCY = {"en": "${:,.0f}", "pt": "R$ {:,.0f}"}  # others: euro, written after the number
+
+
+def _set_price(lang: str, value: float) -> str:
+    if lang in _SET_CURRENCY:
+        text = _SET_CURRENCY[lang].format(value)
+        return text.replace(",", ".") if lang == "pt" else text
+    return f"{value:,.0f}".replace(",", ".") + " €"
+
+
+def generate_commerce_set(n: int, seed: int = 0, *, languages: Sequence[str] = COMMERCE_LANGUAGES,
+                          commerce_fraction: float = 0.5) -> list[dict[str, Any]]:
+    """``n`` articles for the commerce classifier: commerce families and price-quoting news, labelled.
+
+    Each record is a FluxusSource article with ``truth.is_commerce`` and ``truth.commerce_kind`` (the
+    family, or the news kind), like :func:`generate`'s; :func:`strip_labels` removes them.
+    """
+    rng = np.random.default_rng(seed)
+    writer = _Writer(rng)
+    records: list[dict[str, Any]] = []
+    for i in range(n):
+        lang = writer.pick(list(languages))
+        is_commerce = bool(rng.random() < commerce_fraction)
+        kinds = _COMMERCE_SET["commerce" if is_commerce else "news"]
+        kind = writer.pick(list(kinds))
+        title_t, body_t = kinds[kind][lang]
+        pct = int(rng.integers(15, 70))
+        # Product prices for commerce and for a loaf of bread; a car's price for a launch.
+        base = {"launch": float(rng.integers(25000, 60000)), "inflation": float(rng.integers(2, 9)),
+                "earnings": float(rng.integers(20, 400))}.get(kind, float(rng.integers(19, 900)))
+        slots = {"product": writer.pick(_SET_PRODUCTS[lang]), "brand": writer.pick(_BRANDS),
+                 "price": _set_price(lang, base), "old": _set_price(lang, base / (1 - pct / 100)),
+                 "pct": str(pct), "year": str(int(rng.integers(2024, 2027))), "n": str(int(rng.integers(5, 60))),
+                 "code": f"{writer.pick(['SAVE', 'DEAL', 'PROMO', 'WINTER'])}{int(rng.integers(10, 99))}",
+                 "company": writer.pick(_SET_COMPANIES), "car": writer.pick(_SET_CARS),
+                 "city": writer.pick(_SET_CITIES), "amount": f"{float(rng.uniform(1.5, 90.0)):.1f}",
+                 "rate": f"{float(rng.uniform(0.8, 7.5)):.1f}"}
+        if lang != "en":
+            slots["rate"], slots["amount"] = slots["rate"].replace(".", ","), slots["amount"].replace(".", ",")
+        title, content = title_t.format(**slots), body_t.format(**slots)
+        outlet = f"shop_{kind}" if is_commerce else f"news_{kind}"
+        published = _EPOCH + timedelta(seconds=int(rng.integers(0, _MONTHS_SPAN_DAYS * 86400)))
+        article_id = _article_id(seed, i, outlet)
+        records.append({
+            "id": article_id, "title": title, "content": content, "source": outlet, "source_type": "rss",
+            "url": f"https://{outlet}.example/{article_id}", "published_date": published.isoformat(),
+            "language": lang, "tags": ["shopping", kind] if is_commerce else [kind],
+            "metadata": {"word_count": len(content.split()), "generator": "fluxscore.training.synth"},
+            "truth": {"topic": "commerce" if is_commerce else kind, "is_commerce": is_commerce,
+                      "commerce_kind": kind if is_commerce else None, "news_kind": None if is_commerce else kind,
+                      "near_duplicate_of": None},
+        })
+    return records

@@ -300,3 +300,22 @@ def test_package_hash_covers_the_oracle_prompt(tmp_path: Path) -> None:
     with (copy_dir / "prompt.md").open("a", encoding="utf-8") as fh:
         fh.write("\nOne more instruction.\n")
     assert load_package(copy_dir).package_hash != original.package_hash
+
+
+# --- the bundled commerce detector ------------------------------------------------------------------------
+
+def test_bundled_commerce_package_verifies_and_runs_its_classifier() -> None:
+    from scoring.commerce import DEFAULT_PATH, CommerceDetector
+
+    detector = CommerceDetector.load(DEFAULT_PATH, verify=True)  # what serving does: files match export.json
+    manifest = json.loads((DEFAULT_PATH / "export.json").read_text(encoding="utf-8"))
+    assert detector.mode == "classifier" and not detector.missing
+    assert manifest["package_hash"] == detector.package_hash
+    meta = json.loads((DEFAULT_PATH / detector.config.classifier_meta).read_text(encoding="utf-8"))
+    assert meta["feature_names"] == detector.feature_names
+    assert all("/" not in d.get("source", "") for d in meta["training_data"]), "file names, not paths"
+
+
+def test_every_demo_package_blocks_commerce() -> None:
+    for name in ("demo", "demo_tech"):
+        assert load_package(BUNDLED_ROOT / name / "1.0.0").config.prefilter.block_commerce

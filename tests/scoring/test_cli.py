@@ -195,3 +195,32 @@ def test_settings_shows_the_values_in_effect_and_masks_secrets() -> None:
     assert secret not in result.output and "FLUXSCORE_ANNOTATE_SESSION_SECRET\t********" in result.output
     table = CliRunner().invoke(_app(), ["settings", "--markdown"])
     assert table.output.startswith("| variable | default | meaning |")
+
+
+def test_commerce_blocks_carry_score_and_reason_and_are_counted(tmp_path: Path) -> None:
+    deal = {"id": "deal-1", "title": "Cordless drill drops to $89 at Amazon, its lowest price ever",
+            "content": "Save 40% on the cordless drill today: was $149, now $89. Buy now at Amazon before the deal "
+                       "ends. We may earn a commission when you buy through links on this page."}
+    news = {"id": "news-1", "title": "Carmaker unveils a small electric car priced at $27,500",
+            "content": "The company presented the car in Detroit on Monday. It will cost $27,500 and reach dealers "
+                       "in spring; the union welcomed the decision to build it at the Ohio plant."}
+    result, records, _ = _score(tmp_path, [orjson.dumps(deal), orjson.dumps(news)])
+    assert result.exit_code == 0, result.output
+    blocked = [r for r in records if r["article_id"] == "deal-1"]
+    assert len(blocked) == 2 and all(r["stage"] == "commerce" for r in blocked)
+    for record in blocked:
+        assert record["commerce"]["blocked"] is True and record["commerce"]["score"] >= 0.5
+        assert record["commerce"]["reason"].startswith("commerce:") and "affiliate" in record["commerce"]["reason"]
+    assert all(r["stage"] != "commerce" for r in records if r["article_id"] == "news-1")
+    assert "(2 blocked as commerce)" in " ".join(result.output.split())
+
+
+def test_filters_list_says_which_packages_block_commerce() -> None:
+    result = CliRunner().invoke(_app(), ["filters", "list"], env={"COLUMNS": "250", "TTY_COMPATIBLE": "1"})
+    text = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    header = next(line for line in text.splitlines() if "package_hash" in line)
+    column = [c.strip() for c in header.split("┃")].index("commerce")
+    rows = {line.split("│")[1].strip(): line.split("│")[column].strip()
+            for line in text.splitlines() if line.count("│") > 5}
+    assert rows["demo"] == "blocks"
+    assert set(rows.values()) <= {"blocks", "passes", "-"}

@@ -49,3 +49,22 @@ def test_list_reports_tampered_unverified_and_escaping_packages(tmp_path: Path) 
                                                                   "COLUMNS": "400"})
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 5}
     assert "│ ok " in rows["demo"] and "│ ok " in rows["demo_tech"]  # the bundled ones
+
+
+def test_list_says_whether_each_package_blocks_commerce(tmp_path: Path) -> None:
+    root = tmp_path / "filters"
+    shutil.copytree(BUNDLED_ROOT / "demo" / "1.0.0", root / "demo" / "1.0.0")
+    passing = root / "demo_tech" / "1.0.0"
+    shutil.copytree(BUNDLED_ROOT / "demo_tech" / "1.0.0", passing)
+    config = yaml.safe_load((passing / "filter.yaml").read_text())
+    config["prefilter"]["block_commerce"] = False
+    (passing / "filter.yaml").write_text(yaml.safe_dump(config))
+
+    result = CliRunner().invoke(_app(), ["filters", "list"],
+                                env={"FLUXSCORE_FILTERS_PATH": str(root), "COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "package_hash" in line)
+    column = [c.strip() for c in header.split("┃")].index("commerce")
+    rows = {line.split("│")[1].strip(): line.split("│") for line in result.output.splitlines() if line.count("│") > 5}
+    assert rows["demo"][column].strip() == "blocks"
+    assert rows["demo_tech"][column].strip() == "passes"

@@ -57,11 +57,25 @@ def test_bundled_detector_loads_rules_only_when_classifier_absent(detector: Comm
     int(detector.package_hash, 16)
 
 
-def test_bundled_rules_cover_six_languages(detector: CommerceDetector) -> None:
+RULE_LANGUAGES = {"en", "nl", "de", "fr", "es", "pt", "it", "el"}
+# Families the rules must cover in every language (an "any" pattern counts for all of them).
+FAMILIES = ("discount", "sale_event", "deal", "deal_roundup", "coupon", "call_to_action", "affiliate",
+            "sponsored_label", "sponsor_words", "shopping_guide", "best_list", "comparison", "listing")
+
+
+def test_bundled_rules_cover_eight_languages(detector: CommerceDetector) -> None:
     languages: set[str] = set()
     for group in detector.config.groups:
         languages |= group.languages
-    assert {"en", "nl", "de", "fr", "es", "pt"} <= languages
+    assert languages >= RULE_LANGUAGES
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_covers_every_language(detector: CommerceDetector, family: str) -> None:
+    [group] = [g for g in detector.config.groups if g.name == family]
+    if "any" in group.languages:
+        return
+    assert group.languages >= RULE_LANGUAGES, (family, sorted(RULE_LANGUAGES - group.languages))
 
 
 def test_rules_only_is_stated_in_reason(tmp_path: Path) -> None:
@@ -127,7 +141,8 @@ def test_price_formats(detector: CommerceDetector, price: str) -> None:
     assert any(r.startswith("price:1(") for r in ev.reasons), ev.reasons
 
 
-@pytest.mark.parametrize("amount", ["$9.8 billion", "€3 bn", "£2.5 million", "5 Mrd. Euro", "R$ 5 bilhões"])
+@pytest.mark.parametrize("amount", ["$9.8 billion", "€3 bn", "£2.5 million", "5 Mrd. Euro", "R$ 5 bilhões",
+                                    "€4 miliardi", "3,2 δισ. ευρώ"])
 def test_economic_aggregates_are_not_prices(detector: CommerceDetector, amount: str) -> None:
     ev = evidence(detector, f"Spending reached {amount} last year")
     assert "price" not in groups_hit(ev), ev.reasons
@@ -187,6 +202,43 @@ def test_economic_aggregates_are_not_prices(detector: CommerceDetector, amount: 
     ("affiliate", "Este post tem link de afiliado"),
     ("sponsored_label", "Conteúdo patrocinado pela marca"),
     ("coupon", "Use o cupom de desconto"),
+    # buying guides and ranked lists
+    ("best_list", "The best laptops for 2025"),
+    ("best_list", "Top 10 robot vacuums"),
+    ("best_list", "Die 5 besten Saugroboter"),
+    ("best_list", "I migliori smartphone del 2026"),
+    ("best_list", "Τα καλύτερα κινητά του 2025"),
+    ("shopping_guide", "Our top picks, tested and reviewed"),
+    ("shopping_guide", "Guida all'acquisto delle cuffie"),
+    ("shopping_guide", "Ο οδηγός αγοράς μας για τηλεοράσεις"),
+    ("shopping_guide", "Qual notebook vale a pena comprar?"),
+    # deal roundups and price drops
+    ("deal_roundup", "50+ Cyber Monday deals you can still get"),
+    ("deal_roundup", "The best iPad deals"),
+    ("deal_roundup", "Le migliori offerte di oggi"),
+    ("deal_roundup", "Οι καλύτερες προσφορές της εβδομάδας"),
+    ("discount", "The drill is 40 percent off right now"),
+    ("discount", "The headphones drop to $230 at Amazon"),
+    ("discount", "Sconto del 90% sul piano annuale"),
+    ("discount", "Έκπτωση έως 40% στις τηλεοράσεις"),
+    ("discount", "Nunca ha estado tan barata esta cafetera"),
+    # coupons
+    ("coupon", "Usa il codice PROMO20 al checkout"),
+    ("coupon", "Codice sconto per le scarpe"),
+    ("coupon", "Ο κωδικός έκπτωσης ισχύει ως την Κυριακή"),
+    # affiliate disclosures
+    ("affiliate", "Potremmo ricevere una commissione sugli acquisti"),
+    ("affiliate", "Ενδέχεται να λάβουμε προμήθεια από τις αγορές"),
+    ("affiliate", "If you buy something through our links we earn money"),
+    # sponsorship without prices, calls to sign up
+    ("sponsored_label", "Contenuto sponsorizzato: il futuro del lavoro"),
+    ("sponsored_label", "Χορηγούμενο περιεχόμενο για το ταξίδι"),
+    ("sponsored_label", "Brought to you by a software company"),
+    ("call_to_action", "Sign up today for the webinar"),
+    ("call_to_action", "Εγγραφείτε σήμερα στην πλατφόρμα"),
+    ("call_to_action", "Acquista ora su Amazon"),
+    ("deal", "Προσφορά για το νέο κινητό"),
+    ("sale_event", "I saldi invernali iniziano sabato"),
 ])
 def test_rule_groups_fire(detector: CommerceDetector, group: str, text: str) -> None:
     title, _, content = text.partition("\n")
@@ -402,3 +454,105 @@ def test_package_hash_covers_classifier_files(toy_dir: Path, detector: CommerceD
     before = CommerceDetector.load(toy_dir).package_hash
     _install_classifier(toy_dir, detector, np.ones(4 + len(detector.feature_names)), 0.0)
     assert CommerceDetector.load(toy_dir).package_hash != before
+
+
+# --- the bundled detector (rules + classifier) on hard cases, with the real encoder ----------------------
+# Written for these tests (never taken from labelled data): news that quotes prices must pass, and the
+# commerce families the rules and classifier were extended for must be blocked.
+PRICE_NEWS = {
+    "inflation_en": ("Inflation climbs to 3.4% as rents and food prices rise",
+                     "Annual inflation rose to 3.4% in October, the statistics office said on Thursday. Butter "
+                     "now costs $5.20 a pound and the average monthly rent passed $1,900. The central bank's "
+                     "governor said policymakers would watch wage growth closely before the December meeting."),
+    "earnings_en": ("Harbourline shares jump after quarterly profit doubles",
+                    "Harbourline, the freight operator, said net profit rose to $410 million on higher shipping "
+                    "rates. Its shares gained 9% to $64.30 in New York. The chief executive warned that new "
+                    "tariffs could weigh on volumes next year and announced a share buyback."),
+    "car_launch_en": ("Carmaker unveils a compact electric SUV priced at $34,995",
+                      "The company presented its new compact electric SUV at the Detroit show on Monday. It will "
+                      "cost $34,995 before tax credits and reach dealers in May, with a range of 480 kilometres. "
+                      "Union leaders welcomed the decision to build it at the Ohio plant, which employs 3,000."),
+    "product_launch_en": ("Phone maker launches its first foldable, starting at $1,299",
+                          "The manufacturer showed its first folding phone at an event in Seoul on Wednesday. "
+                          "Analysts said the $1,299 starting price undercuts rivals but questioned whether the "
+                          "hinge will last. The company expects to ship two million units this year."),
+    "inflation_nl": ("Inflatie loopt op naar 3,1 procent",
+                     "De prijzen lagen in oktober 3,1 procent hoger dan een jaar eerder, meldt het CBS. Een liter "
+                     "melk kost nu € 1,29 en de gemiddelde energierekening steeg opnieuw. Het kabinet overweegt "
+                     "extra steun voor huishoudens met lage inkomens."),
+    "car_launch_de": ("Autobauer stellt neues Elektroauto für 29.990 Euro vor",
+                      "Der Hersteller hat am Dienstag in München einen kleinen Elektrowagen vorgestellt, der ab "
+                      "dem Frühjahr 29.990 Euro kosten soll. Gebaut wird er in Zwickau, wo 2.000 Stellen "
+                      "gesichert werden. Branchenkenner erwarten Preisdruck auf die Konkurrenz aus China."),
+    "earnings_de": ("Chemiekonzern senkt Prognose nach schwachem Quartal",
+                    "Der Umsatz fiel um 6 Prozent auf 14,2 Milliarden Euro. Die Aktie verlor 4 Prozent auf "
+                    "42,15 Euro. Der Vorstand kündigte an, zwei Werke in Ludwigshafen zu schließen."),
+    "inflation_el": ("Στο 2,9% ο πληθωρισμός τον Οκτώβριο",
+                     "Οι τιμές καταναλωτή αυξήθηκαν κατά 2,9% σε ετήσια βάση, σύμφωνα με την ΕΛΣΤΑΤ. Το λίτρο "
+                     "γάλακτος κοστίζει πλέον 1,45 ευρώ και τα ενοίκια στην Αθήνα συνέχισαν να ανεβαίνουν. Η "
+                     "κυβέρνηση εξετάζει νέα μέτρα στήριξης για τα νοικοκυριά."),
+}
+COMMERCE_POSTS = {
+    "deal_el": ("Προσφορά: το ρομπότ σκούπα με έκπτωση 35%",
+                "Το ρομπότ σκούπα πέφτει στα 249 ευρώ από 389 ευρώ, τη χαμηλότερη τιμή μέχρι σήμερα. Η προσφορά "
+                "ισχύει μέχρι την Κυριακή ή μέχρι εξαντλήσεως των αποθεμάτων. Αγοράστε τώρα με δωρεάν αποστολή."),
+    "sponsored_no_price_en": ("Five ways cloud tools are changing how small firms hire",
+                              "Sponsored content. Hiring is harder than ever for small companies, and a new "
+                              "generation of tools promises to make it simpler. From screening to onboarding, "
+                              "teams are finding time for the work that matters. Sign up today to see how."),
+    "guide_en": ("The best laptops for 2025",
+                 "We tested more than thirty laptops this year to find the ones worth buying. Our top pick "
+                 "balances battery life, a bright screen and a comfortable keyboard; the best budget pick costs "
+                 "a little less and keeps most of that. Here is everything we recommend, for every budget."),
+    "coupon_it": ("Codice sconto per le scarpe da corsa: 20% su tutto",
+                  "Inserisci il codice CORSA20 al momento del pagamento per avere il 20% di sconto su tutte le "
+                  "scarpe da running. Il coupon vale fino a domenica e si somma alla spedizione gratuita."),
+}
+
+
+@pytest.fixture(scope="module")
+def bundled() -> tuple[CommerceDetector, Any]:
+    from scoring.embedding import EmbeddingKey, load_embedder
+
+    det = CommerceDetector.load(verify=True)  # serving's check: the files match export.json
+    assert det.mode == "classifier"
+    key = EmbeddingKey.of_commerce(det.config)
+    return det, (key, load_embedder(key.model))
+
+
+def _verdict(bundled: tuple[CommerceDetector, Any], title: str, content: str) -> Any:
+    from scoring.embedding import embed
+
+    det, (key, embedder) = bundled
+    a = art(title, content)
+    [result] = det.classify([det.evidence(a, article_text(a))], embed(embedder, key, [article_text(a)]))
+    return result
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(PRICE_NEWS))
+def test_bundled_detector_passes_news_that_quotes_prices(bundled: tuple[CommerceDetector, Any], name: str) -> None:
+    result = _verdict(bundled, *PRICE_NEWS[name])
+    assert not result.blocked, (name, result)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(COMMERCE_POSTS))
+def test_bundled_detector_blocks_new_commerce_families(bundled: tuple[CommerceDetector, Any], name: str) -> None:
+    result = _verdict(bundled, *COMMERCE_POSTS[name])
+    assert result.blocked, (name, result)
+    assert result.reason is not None and result.reason.startswith("commerce:")
+    assert 0.5 <= result.score <= 1.0
+
+
+def test_bundled_classifier_records_what_it_was_trained_on(detector: CommerceDetector) -> None:
+    meta = json.loads((detector.path / detector.config.classifier_meta).read_text(encoding="utf-8"))
+    sources = {d["source"]: d for d in meta["training_data"] if "source" in d}
+    assert sources["synthetic"]["rows"] > 0
+    # File names and counts only: no path of the machine it was trained on, no article text.
+    assert all("/" not in name for name in sources)
+
+
+def test_a_year_before_deals_is_not_a_deal_roundup(detector: CommerceDetector) -> None:
+    assert "deal_roundup" not in groups_hit(evidence(detector, "Merger talks", "The year 2022 brought bigger deals."))
+    assert "deal_roundup" in groups_hit(evidence(detector, "Roundup", "We found 45 laptop deals."))

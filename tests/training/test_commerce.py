@@ -9,11 +9,13 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from scoring.article import Article
+from scoring.article import Article, validate_article
 from scoring.commerce import CLASSIFIER_FORMAT, CONFIG_NAME, DEFAULT_PATH, CommerceDetector
 from scoring.text import article_text
-from training.commerce import fit_commerce, load_labelled_jsonl
+from training.commerce import Corpus, fit_commerce, fit_in_memory, load_labelled_jsonl, verdicts
+from training.commerce import main as commerce_main
 from training.exceptions import TrainingDataError
+from training.synth import COMMERCE_LANGUAGES, generate_commerce_set, strip_labels
 
 COMMERCE = [
     ("en", "Apple AirPods Pro drop to $189", "Save $60 today. Buy now at Amazon. We may earn a commission."),
@@ -221,3 +223,90 @@ def test_real_minilm_embeddings_separate_held_out_examples(detector_dir: Path, m
     correct = sum(r.blocked == t for r, t in zip(results, truth, strict=True))
     assert correct >= len(held_rows) - 1, [(articles[i].title, r) for i, r in zip(held_rows, results, strict=True)]
     assert scores[truth].min() > scores[~truth].max() - 0.2
+
+
+def test_load_labelled_jsonl_takes_oracle_style_zero_one_labels(tmp_path: Path) -> None:
+    path = tmp_path / "oracle.jsonl"
+    path.write_text('{"id": "1", "title": "Deal", "label": 1}\n{"id": "2", "title": "News", "label": 0}\n',
+                    encoding="utf-8")
+    articles, labels = load_labelled_jsonl(path, label_field="label")
+    assert labels == [True, False] and "label" not in articles[0].to_dict()
+    for bad in ("2", "0.5", '"1"', "null"):
+        path.write_text(f'{{"id": "1", "title": "t", "label": {bad}}}\n', encoding="utf-8")
+        with pytest.raises(TrainingDataError, match=r"oracle.jsonl:1: 'label' must be"):
+            load_labelled_jsonl(path, label_field="label")
+
+
+def test_fit_records_training_data_and_checks_sample_weights(detector_dir: Path) -> None:
+    articles, labels = articles_and_labels()
+    emb = synthetic_embeddings(labels)
+    with pytest.raises(TrainingDataError, match="sample_weight"):
+        fit_commerce(articles, labels, emb, detector_dir, sample_weight=[1.0] * (len(labels) - 1))
+    with pytest.raises(TrainingDataError, match="sample_weight"):
+        fit_commerce(articles, labels, emb, detector_dir, sample_weight=[0.0] * len(labels))
+    described = [{"source": "synthetic", "rows": 40, "commerce": 20}]
+    fit_commerce(articles, labels, emb, detector_dir, sample_weight=[2.0] * len(labels), training_data=described)
+    meta = json.loads((detector_dir / "classifier.json").read_text())
+    assert meta["training_data"] == described
+
+
+def corpus_of(articles: list[Article], labels: list[bool], origin: list[str]) -> Corpus:
+    return Corpus(articles, np.asarray(labels, dtype=np.int64), synthetic_embeddings(labels), origin)
+
+
+def test_corpus_weights_give_real_rows_their_share() -> None:
+    articles, labels = articles_and_labels()
+    origin = ["synthetic"] * 40 + ["real.jsonl"] * (len(articles) - 40)
+    corpus = corpus_of(articles, labels, origin)
+    weights = corpus.weights(0.5)
+    real = np.asarray([o != "synthetic" for o in origin])
+    assert weights[~real].tolist() == [1.0] * 40
+    assert weights[real].sum() == pytest.approx(weights[~real].sum())
+    assert corpus_of(articles, labels, ["synthetic"] * len(articles)).weights(0.5).tolist() == [1.0] * len(articles)
+    assert corpus.describe() == [{"source": "synthetic", "rows": 40, "commerce": int(np.sum(labels[:40]))},
+                                 {"source": "real.jsonl", "rows": len(articles) - 40,
+                                  "commerce": int(np.sum(labels[40:]))}]
+    both = corpus.subset([0, 1]) + corpus.subset([len(articles) - 1])
+    assert [a.id for a in both.articles] == ["a0", "a1", f"a{len(articles) - 1}"]
+    assert both.embeddings.shape == (3, 16) and both.origin == ["synthetic", "synthetic", "real.jsonl"]
+
+
+def test_fit_in_memory_gives_a_classifier_detector_that_writes_nothing(detector_dir: Path) -> None:
+    articles, labels = articles_and_labels()
+    rules = CommerceDetector.load(detector_dir)
+    corpus = corpus_of(articles, labels, ["synthetic"] * len(articles))
+    fitted = fit_in_memory(rules, corpus.subset(range(0, len(articles), 2)))
+    assert fitted.mode == "classifier" and rules.mode == "rules_only"
+    assert sorted(p.name for p in detector_dir.iterdir()) == [CONFIG_NAME]
+    held = corpus.subset(range(1, len(articles), 2))
+    pred = verdicts(fitted, held.articles, held.embeddings)
+    assert (pred == held.labels.astype(bool)).mean() >= 0.9
+
+
+def test_commerce_set_covers_families_languages_and_price_news() -> None:
+    records = generate_commerce_set(400, seed=3)
+    assert records == generate_commerce_set(400, seed=3)
+    assert {r["language"] for r in records} == set(COMMERCE_LANGUAGES)
+    kinds = {(r["truth"]["is_commerce"], r["truth"]["commerce_kind"] or r["truth"]["news_kind"]) for r in records}
+    assert {(True, k) for k in ("guide", "roundup", "coupon", "sponsored", "deal")} <= kinds
+    assert {(False, k) for k in ("inflation", "earnings", "launch", "retail")} <= kinds
+    detector = CommerceDetector.load(DEFAULT_PATH)
+    for record in records:
+        article = validate_article(strip_labels(record))
+        evidence = detector.evidence(article, article_text(article))
+        if record["truth"]["is_commerce"]:
+            assert evidence.rule_score > 0.3, (record["title"], evidence.reasons)
+        else:
+            # The hard negatives: they quote prices or discounts, but rules alone never block them.
+            assert detector.early_verdict(evidence) is None, (record["title"], evidence.reasons)
+    launches = [r for r in records if r["truth"]["news_kind"] == "launch"]
+    assert launches and all(any(ch.isdigit() for ch in r["content"]) for r in launches)
+
+
+def test_command_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        commerce_main(["--data", str(tmp_path / "missing.jsonl")])
+    assert exit_info.value.code == 2 and "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        commerce_main(["--real-share", "1.5"])
+    assert "--real-share must lie between 0 and 1" in capsys.readouterr().err
