@@ -2,7 +2,7 @@
 
     python -m bench                      # stages in-process, streaming (broker), drift monitor
     python -m bench --quality-data ../shared/data/oracle-labelled-seece-dev.jsonl   # + quality
-    python -m bench core|stream|quality|gpu|monitor [args…]                         # one of them
+    python -m bench core|stream|quality|gpu|monitor|encoders|commerce [args…]       # one of them
     python -m bench SUITE --help                                                    # a suite's options
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import Result, print_results, save
 
-SUITES = ("core", "stream", "quality", "gpu", "monitor")
+SUITES = ("core", "stream", "quality", "gpu", "monitor", "encoders", "commerce")
 
 
 def parser() -> argparse.ArgumentParser:

