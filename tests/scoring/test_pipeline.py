@@ -202,3 +202,31 @@ def test_hot_swap_replaces_a_filter_version(packages: Path, tmp_path: Path) -> N
     pipeline.add(load_package(newer))
     [record] = [r for r in pipeline.score(articles(1)) if r.filter.name == "alpha" and r.article_id == "a0"]
     assert record.filter.version == "1.1.0"
+
+
+def test_every_record_carries_the_package_threshold(packages: Path) -> None:
+    """Probe-only packages hold a threshold too, and their records name it (not null)."""
+    records = load(packages, alpha=10.0, beta=4.5).score(articles(4))
+    beta = [r for r in records if r.filter.name == "beta" and r.stage is StageUsed.STAGE1]
+    alpha = [r for r in records if r.filter.name == "alpha" and r.stage is StageUsed.STAGE1]
+    assert beta and alpha
+    assert {r.escalation_threshold for r in beta} == {4.5}
+    assert {r.escalation_threshold for r in alpha} == {10.0}
+
+
+def test_normalization_named_by_the_package_is_applied(packages: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from scoring.aggregate import PercentileNormalizer
+
+    copy = tmp_path / "beta" / "1.0.0"
+    shutil.copytree(packages / "beta" / "1.0.0", copy)
+    PercentileNormalizer(reference=tuple(float(v) for v in np.linspace(0.0, 10.0, 100))).save(copy / "norm.json")
+    _edit(copy, normalization="norm.json")
+    pipeline = Pipeline.load([load_package(copy)])
+    records = [r for r in pipeline.score(articles(4)) if r.stage is StageUsed.STAGE1]
+    assert records
+    for r in records:
+        assert r.normalized is not None and r.normalized.method == "percentile"
+        # 100 evenly spaced points over 0-10: the percentile is about ten times the weighted average
+        assert r.normalized.value == pytest.approx(np.floor(r.weighted_average * 9.9) + 1, abs=1.0)

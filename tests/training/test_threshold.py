@@ -11,10 +11,13 @@ from scoring.aggregate import aggregate
 from scoring.exceptions import PackageError
 from scoring.package import FilterConfig, load_config
 from training.threshold import (
+    STAGE1_FINAL,
     choose,
     evaluate,
     expected_speedup,
+    gate_student,
     oracle_positive,
+    routed_errors,
     stage1_estimates,
     wilson_upper,
     write_threshold,
@@ -98,3 +101,78 @@ def test_write_threshold_needs_the_line(tmp_path: Path) -> None:
     (tmp_path / "filter.yaml").write_text("name: x\nstage1:\n  probe: p\n")
     with pytest.raises(PackageError, match=r"no stage1\.threshold"):
         write_threshold(tmp_path, 1.0)
+
+
+# -- students must earn their escalations -----------------------------------------------------------
+
+PLAIN = FilterConfig.model_validate({
+    "name": "g", "version": "1.0.0",
+    "dimensions": [{"name": "a", "weight": 0.5, "description": "a"}, {"name": "b", "weight": 0.5, "description": "b"}],
+    "stage1": {"embedding_model": "m", "probe": "p.safetensors", "probe_meta": "p.json", "threshold": 3.0},
+    "oracle_prompt": "prompt.md"})
+
+
+def _rows(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Oracle scores, a probe off by ~1 everywhere, and the probe's stage-1 estimates."""
+    rng = np.random.default_rng(seed)
+    target = rng.uniform(0, 10, size=(n, 2)).round()
+    probe = np.clip(target + rng.normal(0, 1.0, size=target.shape), 0, 10)
+    return target, probe, stage1_estimates(PLAIN, probe)
+
+
+def test_a_worse_student_gets_no_articles() -> None:
+    target, probe, est = _rows()
+    student = np.clip(target + np.random.default_rng(1).normal(0, 1.6, size=target.shape), 0, 10)
+    routing = gate_student(PLAIN, est, probe, student, target, fn_threshold=2.0)
+    assert routing.decision == "stage1" and routing.threshold == STAGE1_FINAL
+    assert not routing.student_better and routing.student["mae"] > routing.probe["mae"]
+    assert routing.escalated == 0
+    assert "not better" in routing.reason and f"{routing.student['mae']:.3f}" in routing.reason
+    # On request the false-negative threshold stands, and the record says the student is worse.
+    kept = gate_student(PLAIN, est, probe, student, target, fn_threshold=2.0, keep=True)
+    assert kept.decision == "kept" and kept.threshold == 2.0 and kept.routes_to_worse_student
+
+
+def test_a_student_better_everywhere_keeps_the_false_negative_threshold() -> None:
+    target, probe, est = _rows()
+    student = np.clip(target + np.random.default_rng(2).normal(0, 0.3, size=target.shape), 0, 10)
+    routing = gate_student(PLAIN, est, probe, student, target, fn_threshold=2.0)
+    assert routing.decision == "student" and routing.threshold == 2.0 and routing.student_better
+    assert routing.escalated == int((est >= 2.0).sum())
+    assert routing.escalated_student_mae < routing.escalated_probe_mae
+
+
+def test_a_student_that_helps_only_high_up_gets_only_those() -> None:
+    target, probe, est = _rows(400)
+    rng = np.random.default_rng(3)
+    # Excellent on articles the probe puts at 6 or more, poor below: better overall, worse under 6.
+    high = (est >= 6.0)[:, None]
+    student = np.clip(np.where(high, target + rng.normal(0, 0.1, size=target.shape),
+                               target + rng.normal(0, 1.3, size=target.shape)), 0, 10)
+    routing = gate_student(PLAIN, est, probe, student, target, fn_threshold=1.0)
+    assert routing.student_better
+    assert routing.decision == "raised" and 5.0 <= routing.threshold <= 7.0
+    assert routing.threshold in {np.floor(v * 1e4) / 1e4 for v in est} | {1.0}
+    up = est >= routing.threshold
+    assert routing.escalated == int(up.sum())
+    # No other threshold at or above the false-negative one does better on these rows.
+    def cascade(t: float) -> float:
+        return routed_errors(PLAIN, est, t, probe, student, target)["routed_mae"]
+    best = cascade(routing.threshold)
+    assert all(best <= cascade(t) + 1e-9 for t in np.arange(1.0, 10.0, 0.25))
+    assert cascade(routing.threshold) < cascade(1.0)
+
+
+def test_too_few_rows_above_any_threshold_mean_stage1_final() -> None:
+    target, probe, est = _rows(30)
+    student = target.copy()  # perfect, but only 3 rows lie above the false-negative threshold
+    fn = float(np.sort(est)[-3])
+    routing = gate_student(PLAIN, est, probe, student, target, fn_threshold=fn, min_rows=10)
+    assert routing.decision == "stage1" and routing.threshold == STAGE1_FINAL
+    assert "better overall" in routing.reason
+
+
+def test_gating_needs_the_same_rows() -> None:
+    target, probe, est = _rows(20)
+    with pytest.raises(ValueError, match="same rows"):
+        gate_student(PLAIN, est, probe, probe[:10], target, fn_threshold=1.0)
