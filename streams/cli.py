@@ -23,7 +23,7 @@ from streams.settings import StreamSettings
 console = Console(stderr=True)
 
 ROLE_HELP = ("prefilter, probe, model (any of them; comma-separated or repeated), all (those three), "
-             "or shadow / monitor / selector / oracle (each alone: a consumer group of its own)")
+             "or shadow / monitor / selector / oracle / feedback (each alone: a consumer group of its own)")
 
 
 def worker(

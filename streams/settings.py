@@ -17,11 +17,11 @@ from scoring.exceptions import SettingsError
 from scoring.settings import FluxscoreSettings
 from streams.exceptions import StreamSettingsError
 
-Role = Literal["prefilter", "probe", "model", "shadow", "monitor", "selector", "oracle"]
+Role = Literal["prefilter", "probe", "model", "shadow", "monitor", "selector", "oracle", "feedback"]
 PIPELINE_ROLES: tuple[Role, ...] = ("prefilter", "probe", "model")
 # Each reads in a consumer group of its own (it must see every message), so it cannot share a Faust
 # app, which has one group, with other roles.
-SOLO_ROLES: tuple[Role, ...] = ("shadow", "monitor", "selector", "oracle")
+SOLO_ROLES: tuple[Role, ...] = ("shadow", "monitor", "selector", "oracle", "feedback")
 ROLES: tuple[Role, ...] = (*PIPELINE_ROLES, *SOLO_ROLES)
 PARTITIONED_TOPICS = ("raw", "screened", "escalated", "scores", "dlq")
 # What a hop adds to an accepted record: prefilter results per filter, commerce evidence, key, headers.
@@ -77,7 +77,7 @@ class StreamSettings(FluxscoreSettings):
     app_id: str = Field("fluxscore", min_length=1, description="Faust app id = Kafka consumer group of the workers")
     roles: Annotated[tuple[Role, ...], NoDecode] = Field(
         PIPELINE_ROLES, description="any of `prefilter,probe,model`; `all` (those); `shadow`; `monitor`; "
-                                    "`selector`; `oracle`",
+                                    "`selector`; `oracle`; `feedback`",
         json_schema_extra={"default_doc": "`all`"})
     filters: Refs = Field(("demo", "demo_tech"), min_length=1,
                           description="filter refs (`name`, `name@version` or a package directory)")

@@ -11,6 +11,7 @@ from streams.settings import StreamSettings
 # Kafka's legal topic characters; a filter name is already [a-z0-9_], so this only guards the prefix.
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 ALL_SCORES = "all"
+FEEDBACK_BASE = "feedback"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Topics:
     active_learning_base: str = "active-learning"
     labels_base: str = "labels"
     queue_partitions: int = 4
+    # Engagement and corrections that downstream consumers publish about scored articles ([evolve]).
+    feedback_base: str = "feedback"
 
     @classmethod
     def from_settings(cls, settings: StreamSettings) -> Topics:
@@ -49,13 +52,14 @@ class Topics:
                      shadow=spec(settings.topic_shadow, "scores"), drift=spec(settings.topic_drift, "scores"),
                      alerts=spec(settings.topic_alerts, "scores"),
                      active_learning_base=_checked(p + settings.topic_active_learning),
-                     labels_base=_checked(p + settings.topic_labels), queue_partitions=settings.default_partitions)
+                     labels_base=_checked(p + settings.topic_labels), queue_partitions=settings.default_partitions,
+                     feedback_base=_checked(p + FEEDBACK_BASE))
         names = [t.name for t in (topics.raw, topics.screened, topics.escalated, topics.dlq, topics.shadow,
                                   topics.drift, topics.alerts)]
         if len(set(names)) != len(names):
             raise StreamSettingsError(f"two stream topics have the same name: {names}")
         # Per-filter families must not share a base either: labels.<f> would be scores.<f>.
-        bases = [topics.scores_base, topics.active_learning_base, topics.labels_base]
+        bases = [topics.scores_base, topics.active_learning_base, topics.labels_base, topics.feedback_base]
         if len(set(bases)) != len(bases):
             raise StreamSettingsError(f"two per-filter topic families have the same base name: {bases}")
         return topics
@@ -77,6 +81,11 @@ class Topics:
     def labels(self, filter_name: str) -> TopicSpec:
         """``<prefix>labels.<filter>``: the oracle's labels and rejections for one filter (keyed by article id)."""
         return TopicSpec(_checked(f"{self.labels_base}.{filter_name}"), self.queue_partitions)
+
+    def feedback(self, filter_name: str) -> TopicSpec:
+        """``<prefix>feedback.<filter>``: engagement and corrections from downstream consumers (keyed by article
+        id), read by the ``feedback`` role into the label store."""
+        return TopicSpec(_checked(f"{self.feedback_base}.{filter_name}"), self.queue_partitions)
 
     def pipeline_topics(self, filters: list[str] | tuple[str, ...] = ()) -> list[TopicSpec]:
         """Every topic the pipeline roles read or write, for creating them up front."""

@@ -69,6 +69,10 @@ def run_worker(settings: StreamSettings, scoring: ScoringSettings | None = None)
         from streams.oracle_worker import run_oracle_worker
 
         return run_oracle_worker(settings, scoring, topics, metrics, name)
+    if "feedback" in settings.roles:
+        from streams.feedback import run_feedback_worker
+
+        return run_feedback_worker(settings, scoring, topics, metrics, name)
 
     logs.quiet_progress_bars()
     metrics.set_phase(LOADING_MODELS)

@@ -27,7 +27,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -51,6 +51,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from scoring.settings import FluxscoreSettings
 from training.exceptions import TrainingError
+
+if TYPE_CHECKING:
+    from training.feedback import FeedbackEvent, StoredFeedback
 
 Source = Literal["oracle", "human"]
 DEFAULT_DB = Path("~/.local/share/fluxscore/labels.db")
@@ -162,6 +165,21 @@ LABELS = Table(
     Column("labelled_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("article_id", "filter", "source", "annotator", name="fluxscore_labels_one_per_annotator"),
 )
+FEEDBACK = Table(
+    "fluxscore_feedback", _META,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("filter", String(128), nullable=False),
+    # The event id, or its topic/partition/offset: a redelivered message finds its row and is not stored twice.
+    Column("event_key", String(512), nullable=False),
+    Column("article_id", String(512), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("scores", JSON),
+    Column("event_id", String(256)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("filter", "event_key", name="fluxscore_feedback_once"),
+)
 ANNOTATORS = Table(
     "fluxscore_annotators", _META,
     Column("name", String(128), primary_key=True),
@@ -179,6 +197,11 @@ def database_url(target: str | Path) -> str:
     path = Path(text).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite keeps no time zone: the times it hands back were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _token_hash(token: str) -> str:
@@ -213,7 +236,9 @@ class LabelStore:
             return False
         return True
 
-    def labels(self, filter_name: str | None = None, *, source: Source | None = None) -> list[Label]:
+    def labels(self, filter_name: str | None = None, *, source: Source | None = None,
+               since: datetime | None = None) -> list[Label]:
+        """Stored labels, oldest first; ``since`` keeps those labelled at or after that (aware) time."""
         query = select(LABELS)
         if filter_name is not None:
             query = query.where(LABELS.c.filter == filter_name)
@@ -221,7 +246,11 @@ class LabelStore:
             query = query.where(LABELS.c.source == source)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(LABELS.c.id)).mappings().all()
-        return [Label.model_validate({k: v for k, v in row.items() if k != "id"}) for row in rows]
+        labels = [Label.model_validate({k: v for k, v in row.items() if k != "id"}) for row in rows]
+        if since is None:
+            return labels
+        # Compared in Python: SQLite hands times back without their zone (they were stored in UTC).
+        return [lb for lb in labels if _aware(lb.labelled_at) >= _aware(since)]
 
     def labelled_ids(self, filter_name: str) -> set[str]:
         with self.engine.connect() as conn:
@@ -255,6 +284,62 @@ class LabelStore:
                                     "annotators": sorted({lb.annotator for lb in chosen}),
                                     "labelled_at": max(lb.labelled_at for lb in chosen).isoformat()}})
         return rows
+
+    # -- feedback events ([evolve]: engagement and corrections from downstream consumers) ----------
+
+    def add_feedback(self, filter_name: str, events: Sequence[tuple[FeedbackEvent, str]]) -> int:
+        """Store ``(event, key)`` pairs for ``filter_name`` (keys from :func:`training.feedback.event_key`);
+        returns how many were new. A key stored before (a redelivery) is skipped, so storing is idempotent."""
+        if not events:
+            return 0
+        keys = [key for _, key in events]
+        with self.engine.begin() as conn:
+            known = set(conn.execute(select(FEEDBACK.c.event_key).where(
+                FEEDBACK.c.filter == filter_name, FEEDBACK.c.event_key.in_(keys))).scalars())
+        now = datetime.now(UTC)
+        rows: list[dict[str, Any]] = []
+        for event, key in events:
+            if key in known:
+                continue
+            known.add(key)  # the same key twice in one batch is one event too
+            rows.append({"filter": filter_name, "event_key": key, "article_id": event.article_id,
+                         "event": event.event, "weight": event.weight, "at": event.at.astimezone(UTC),
+                         "scores": event.scores,
+                         "event_id": event.id, "received_at": now})
+        if not rows:
+            return 0
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(FEEDBACK), rows)
+            return len(rows)
+        except IntegrityError:
+            pass  # another worker stored some of them since the look-up: one at a time, skipping those
+        added = 0
+        for row in rows:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(FEEDBACK).values(**row))
+            except IntegrityError:
+                continue
+            added += 1
+        return added
+
+    def feedback(self, filter_name: str, *, since: datetime | None = None) -> list[StoredFeedback]:
+        """Stored events of one filter, oldest first; ``since`` keeps those that happened at or after it."""
+        from training.feedback import FeedbackEvent, StoredFeedback
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(FEEDBACK).where(FEEDBACK.c.filter == filter_name)
+                                .order_by(FEEDBACK.c.at, FEEDBACK.c.id)).mappings().all()
+        out = []
+        for row in rows:
+            event = FeedbackEvent(article_id=row["article_id"], event=row["event"], weight=row["weight"],
+                                  at=_aware(row["at"]), scores=row["scores"], id=row["event_id"])
+            if since is not None and event.at < _aware(since):
+                continue
+            out.append(StoredFeedback(filter=filter_name, event=event, key=row["event_key"],
+                                      received_at=_aware(row["received_at"])))
+        return out
 
     # -- annotators --------------------------------------------------------------------------------
 

