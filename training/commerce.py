@@ -258,10 +258,29 @@ def real_corpus(config: CommerceConfig, path: Path, *, label_field: str = "label
     return Corpus(articles, np.asarray(labels, dtype=np.int64), emb, [Path(path).name] * len(articles))
 
 
+def with_encoder(config: CommerceConfig, encoder: str) -> CommerceConfig:
+    """``config`` with its classifier on ``encoder`` (and that encoder's text prefix); the rules stay.
+
+    The bundled encoder keeps the prefix ``commerce.yaml`` names, so its key is the one serving uses."""
+    from scoring.embedding import default_text_prefix
+
+    if encoder == config.embedding_model:
+        return config
+    return config.model_copy(update={"embedding_model": encoder, "text_prefix": default_text_prefix(encoder)})
+
+
 def fit_in_memory(detector: CommerceDetector, corpus: Corpus, *, C: float = RECIPE_C, seed: int = 0,
-                  real_share: float = REAL_SHARE) -> CommerceDetector:
-    """The detector ``detector``'s rules with a classifier fitted on ``corpus`` (nothing is written)."""
-    x = np.hstack([prepare_embeddings(corpus.embeddings, True), rule_features(detector, corpus.articles)])
+                  real_share: float = REAL_SHARE, features: np.ndarray | None = None) -> CommerceDetector:
+    """The detector ``detector``'s rules with a classifier fitted on ``corpus`` (nothing is written).
+
+    ``features`` are :func:`rule_features` of ``corpus.articles`` when the caller already has them: a
+    cross-validation fits many times on rows whose rule hits do not change."""
+    if features is None:
+        features = rule_features(detector, corpus.articles)
+    elif features.shape[0] != len(corpus.articles):
+        raise TrainingDataError(f"{features.shape[0]} rule-feature rows for {len(corpus.articles)} articles",
+                                filter="commerce", step="fit")
+    x = np.hstack([prepare_embeddings(corpus.embeddings, True), features])
     coef, intercept = _fit(x, corpus.labels, C, seed, corpus.weights(real_share))
     meta = ClassifierMeta(format=CLASSIFIER_FORMAT, embedding_model=detector.embedding_model,
                           embedding_dim=int(corpus.embeddings.shape[1]), feature_names=detector.feature_names)
