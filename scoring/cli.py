@@ -23,7 +23,7 @@ from rich.text import Text
 from scoring.article import Article, Limits, parse_article
 from scoring.exceptions import FluxscoreError
 from scoring.isolate import isolate
-from scoring.package import available, load_package
+from scoring.package import STAGE1_FINAL, FilterPackage, available, load_package
 from scoring.records import ScoreRecord
 from scoring.settings import ScoringSettings
 from scoring.summary import ScoreSummary
@@ -131,6 +131,13 @@ def as_records(table: Table) -> Group:
     if table.caption:
         parts.append(table.caption)
     return Group(*parts)
+
+
+def _stage2_cell(pkg: FilterPackage) -> str:
+    """Whether the package escalates: a student it never routes to (stage 1 final) is not a stage 2."""
+    if not pkg.has_stage2:
+        return "no"
+    return "yes" if pkg.config.stage1.threshold < STAGE1_FINAL else "no (stage 1 final)"
 
 
 def print_table(table: Table, out: Console) -> None:
@@ -348,7 +355,7 @@ def list_filters() -> None:
             except (FluxscoreError, OSError) as exc:
                 verified = f"[red]{escape(str(exc))}[/red]"
             commerce = "blocks" if pkg.config.prefilter.block_commerce else "passes"
-            table.add_row(pkg.name, pkg.version, package_hash, "yes" if pkg.has_stage2 else "no", commerce, status,
+            table.add_row(pkg.name, pkg.version, package_hash, _stage2_cell(pkg), commerce, status,
                           verified, escape(str(pkg.path)))
     print_table(table, Console())
 

@@ -68,3 +68,22 @@ def test_list_says_whether_each_package_blocks_commerce(tmp_path: Path) -> None:
     rows = {line.split("│")[1].strip(): line.split("│") for line in result.output.splitlines() if line.count("│") > 5}
     assert rows["demo"][column].strip() == "blocks"
     assert rows["demo_tech"][column].strip() == "passes"
+
+
+def test_list_says_when_a_package_never_escalates_to_its_student(tmp_path: Path) -> None:
+    root = tmp_path / "filters"
+    shutil.copytree(BUNDLED_ROOT / "demo" / "1.0.0", root / "demo" / "1.0.0")
+    gated = root / "demo_tech" / "1.0.0"
+    shutil.copytree(BUNDLED_ROOT / "demo_tech" / "1.0.0", gated)
+    config = yaml.safe_load((gated / "filter.yaml").read_text())
+    config["stage1"]["threshold"] = 10.0  # what `train threshold` writes for a student that did not earn it
+    (gated / "filter.yaml").write_text(yaml.safe_dump(config))
+
+    result = CliRunner().invoke(_app(), ["filters", "list"],
+                                env={"FLUXSCORE_FILTERS_PATH": str(root), "COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "package_hash" in line)
+    column = [c.strip() for c in header.split("┃")].index("stage 2")
+    rows = {line.split("│")[1].strip(): line.split("│") for line in result.output.splitlines() if line.count("│") > 5}
+    assert rows["demo"][column].strip() == "yes"
+    assert rows["demo_tech"][column].strip() == "no (stage 1 final)"
