@@ -6,8 +6,16 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import toy_texts
-from training.exceptions import TrainingDataError
-from training.student import HISTORY_NAME, StudentRecipe, TrainProgress, train_student
+from training.exceptions import TrainingDataError, TrainingError
+from training.student import (
+    HISTORY_NAME,
+    EpochEnd,
+    ProgressFn,
+    StopTraining,
+    StudentRecipe,
+    TrainProgress,
+    train_student,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +117,80 @@ def test_training_reads_only_the_head_and_the_tail(tiny_gemma: Path, tmp_path: P
     for key in runs["a"]:
         assert (runs["a"][key] == runs["b"][key]).all(), key
     assert any(not (runs["a"][k] == runs["tail"][k]).all() for k in runs["a"])
+
+
+def test_continuing_an_adapter_at_lr_0_reproduces_it_and_at_lr_above_0_changes_it(
+        tiny_gemma: Path, tmp_path: Path) -> None:
+    texts, y = data(8)
+    val_texts, vy = data(4, seed=1)
+    start = tmp_path / "start"
+    first = train_student(texts, y, ["a", "b"], str(tiny_gemma), start, epochs=1, val_texts=val_texts,
+                          val_targets=vy, **FAST)
+    start_weights = load_file(str(start / "adapter_model.safetensors"))
+    starts: list[float] = []
+    epoch_ends: list[int] = []
+
+    def checkpoint(end: EpochEnd) -> None:
+        epoch_ends.append(end.epoch)
+        end.save(tmp_path / f"epoch-{end.epoch}")
+
+    frozen = train_student(texts, y, ["a", "b"], str(tiny_gemma), tmp_path / "frozen", epochs=2, lr=0.0,
+                           head_lr=0.0, val_texts=val_texts, val_targets=vy, init_adapter=start,
+                           on_start=starts.append, on_epoch=checkpoint,
+                           **{**FAST, "lora_r": 16, "lora_alpha": 32})
+    # The starting weights' predictions are the adapter's: the same MAE its own last validation measured…
+    assert starts == [first.best_val_mae] and frozen.history["start_val_mae"] == first.best_val_mae
+    # … and learning rates 0 keep them exactly (head bias included: no mean-score initialisation).
+    assert [e["val_mae"] for e in frozen.history["epochs"]] == [first.best_val_mae] * 2
+    assert epoch_ends == [1, 2] and frozen.history["init_adapter"] == str(start)
+    assert frozen.history["recipe"]["lora_r"] == 4   # the adapter's own shape, not the default recipe's 16
+    for directory in (tmp_path / "frozen", tmp_path / "epoch-1", tmp_path / "epoch-2"):
+        saved = load_file(str(directory / "adapter_model.safetensors"))
+        assert saved.keys() == start_weights.keys()
+        for key, value in start_weights.items():
+            assert (saved[key] == value).all(), (directory, key)
+
+    moved = train_student(texts, y, ["a", "b"], str(tiny_gemma), tmp_path / "moved", epochs=1, lr=5e-3,
+                          head_lr=5e-2, val_texts=val_texts, val_targets=vy, init_adapter=start, **FAST)
+    assert moved.history["epochs"][0]["val_mae"] != first.best_val_mae
+    changed = load_file(str(tmp_path / "moved" / "adapter_model.safetensors"))
+    assert any(not (changed[k] == start_weights[k]).all() for k in start_weights if "lora_B" in k)
+    assert not (changed["base_model.model.score.weight"] == start_weights["base_model.model.score.weight"]).all()
+
+
+def test_continuing_refuses_a_missing_or_mismatched_adapter(tiny_gemma: Path, tmp_path: Path) -> None:
+    texts, y = data(4)
+    with pytest.raises(TrainingError, match=r"adapter_config\.json missing"):
+        train_student(texts, y, ["a", "b"], str(tiny_gemma), tmp_path / "out", init_adapter=tmp_path / "none")
+    train_student(texts, y, ["a", "b"], str(tiny_gemma), tmp_path / "two", epochs=1, **FAST)
+    y3 = np.random.default_rng(0).uniform(0, 10, size=(4, 3))
+    with pytest.raises(TrainingError, match="3 dimensions"):
+        train_student(texts, y3, ["a", "b", "c"], str(tiny_gemma), tmp_path / "out", epochs=1,
+                      init_adapter=tmp_path / "two", **FAST)
+
+
+def test_a_callback_stops_training_keeping_the_best_or_the_weights_so_far(tiny_gemma: Path, tmp_path: Path) -> None:
+    texts, y = data(12)
+
+    def stop_at(phase: str, step: int) -> ProgressFn:
+        def progress(p: TrainProgress) -> None:
+            if p.phase == phase and p.step >= step:
+                raise StopTraining
+        return progress
+
+    early = train_student(texts, y, ["a", "b"], str(tiny_gemma), tmp_path / "early", epochs=3,
+                          progress=stop_at("train", 2), **FAST)
+    assert early.stopped and early.best_epoch == 0 and early.history["epochs"] == []
+    assert early.history["stopped"]["in_epoch"] == 1 and early.history["stopped"]["step"] == 2
+    assert early.best_val_mae == early.history["stopped"]["val_mae"]
+    assert (tmp_path / "early" / "adapter_model.safetensors").is_file()
+
+    late = train_student(texts, y, ["a", "b"], str(tiny_gemma), tmp_path / "late", epochs=3,
+                         progress=stop_at("train", 4), on_epoch=lambda end: end.save(tmp_path / f"e{end.epoch}"),
+                         **FAST)   # 3 steps an epoch: inside epoch 2
+    assert late.stopped and [e["epoch"] for e in late.history["epochs"]] == [1] and late.best_epoch == 1
+    assert late.history["stopped"] == {"in_epoch": 2, "step": 4}
+    # What it kept is epoch 1's adapter, not the weights of the step it stopped at.
+    a = load_file(str(tmp_path / "late" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "e1" / "adapter_model.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)

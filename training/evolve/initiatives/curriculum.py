@@ -15,27 +15,25 @@ length (its ``preprocessing`` and ``stage2.max_length`` are set to that cut), so
 on the same cut. After every bucket the adapter goes to ``checkpoints/bucket-<i>-<length>/`` with a
 ``done.json``; a rerun goes on after the last finished bucket.
 
-:func:`training.student.train_student` always starts from a fresh LoRA, so buckets after the first load
-the previous adapter with ``PeftModel.from_pretrained(..., is_trainable=True)`` and run the student's own
-training loop (:func:`training.student._loop`) on it: the same loss, weights, schedule and checkpointing.
+Every bucket is one :func:`training.student.train_student` run: buckets after the first (and the first,
+from the parent) continue an adapter through its ``init_adapter``, and a spent share ends a bucket through
+:class:`training.student.StopTraining`.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-import torch
 from pydantic import Field, model_validator
 
 from scoring.package import FilterPackage, load_package
-from scoring.student import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_base, model_max_length
-from scoring.text import encode_head_tail, special_tokens
+from scoring.student import ADAPTER_CONFIG, ADAPTER_WEIGHTS, model_max_length
+from scoring.text import special_tokens
 from training.evolve.base import Context, Outcome
 from training.evolve.exceptions import EvolveError
 from training.evolve.initiatives._candidate import (
@@ -48,7 +46,7 @@ from training.evolve.initiatives._candidate import (
     train_probe,
 )
 from training.steps import portable_adapter, student_predict, tier_weights
-from training.student import StudentRecipe, TrainProgress, _build, _loop, _predict
+from training.student import StopTraining, TrainProgress, train_student
 
 DONE = "done.json"
 
@@ -83,10 +81,6 @@ def scaled_cut(head: int, tail: int, length: int, n_special: int) -> tuple[int, 
     return keep_head, room - keep_head
 
 
-class _BucketSpent(Exception):
-    """This bucket's share of the allocation is spent: go on with the next one."""
-
-
 def _bucket_dir(ctx: Context, index: int, length: int) -> Path:
     return ctx.checkpoints / f"bucket-{index}-{length}"
 
@@ -103,16 +97,18 @@ def _start_adapter(ctx: Context, params: Params, package: FilterPackage, index: 
     return adapter if (adapter / ADAPTER_WEIGHTS).is_file() and (adapter / ADAPTER_CONFIG).is_file() else None
 
 
-def _continue_from(adapter: Path, base_model: str, dims: list[str], recipe: StudentRecipe, device: str
-                   ) -> tuple[Any, Any, int, int]:
-    """The student's model as training.student._build makes it, with the LoRA weights and head of ``adapter``."""
-    from peft import PeftModel
+def _base_limits(base_model: str, length: int) -> tuple[int, int]:
+    """(special tokens per input, ``length`` capped by the base as the student caps it)."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer, model, pad_id = load_base(base_model, num_labels=len(dims), dtype=torch.float32,
-                                         problem_type="regression")
-    peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    peft_model.to(device)
-    return peft_model, tokenizer, pad_id, model_max_length(model.config, tokenizer, recipe.max_length)
+    from scoring.models import hub_offline
+    from scoring.student import resolve_base
+
+    path = resolve_base(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
+    config = AutoConfig.from_pretrained(path, local_files_only=hub_offline())
+    prefix, suffix = special_tokens(tokenizer)
+    return len(prefix) + len(suffix), min(length, model_max_length(config, tokenizer, length))
 
 
 def _train_bucket(ctx: Context, params: Params, candidate: Candidate, index: int, start: Path | None
@@ -140,43 +136,21 @@ def _train_bucket(ctx: Context, params: Params, candidate: Candidate, index: int
         ctx.progress(label, p.step, p.steps)
         ctx.meter.check(label)
         if ctx.meter.spent - spent_before >= budget:
-            raise _BucketSpent
+            raise StopTraining  # the student keeps its best validated epoch, or the weights so far
 
+    n_special, max_length = _base_limits(cfg.stage2.base_model, length)
+    pre = ctx.package.config.preprocessing
+    head, tail = scaled_cut(pre.head_tokens, pre.tail_tokens, max_length, n_special)
     started = time.monotonic()
-    stopped = False
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed)
-        probe_recipe = StudentRecipe(**{**params.student, "max_length": length, "seed": ctx.seed})
-        if start is None:
-            model, tokenizer, pad_id, limit = _build(cfg.stage2.base_model, dims, probe_recipe, ty, tw, ctx.device)
-        else:
-            model, tokenizer, pad_id, limit = _continue_from(start, cfg.stage2.base_model, dims, probe_recipe,
-                                                            ctx.device)
-        prefix, suffix = special_tokens(tokenizer)
-        head, tail = scaled_cut(ctx.package.config.preprocessing.head_tokens,
-                                ctx.package.config.preprocessing.tail_tokens, min(length, limit),
-                                len(prefix) + len(suffix))
-        recipe = StudentRecipe(**{**asdict(probe_recipe), "head_tokens": head, "tail_tokens": tail,
-                                  "max_length": min(length, limit), "epochs": params.epochs_per_bucket})
-        train_ids = encode_head_tail(tokenizer, train.texts, head=head, tail=tail, max_length=recipe.max_length)
-        val_ids = encode_head_tail(tokenizer, val.texts, head=head, tail=tail, max_length=recipe.max_length)
-        epochs: list[dict[str, Any]] = []
-        try:
-            epochs = _loop(model, recipe, train_ids, ty, tw, val_ids, val.targets, dims, pad_id, ctx.device,
-                           adapter_out, on_step)
-        except _BucketSpent:
-            stopped = True
-            if not (adapter_out / ADAPTER_WEIGHTS).is_file():
-                # Stopped before its first validation: what it learnt so far is still worth carrying on.
-                model.save_pretrained(str(adapter_out))
-        if epochs:
-            val_mae = min(e["val_mae"] for e in epochs)
-        else:
-            pred = np.clip(_predict(model, val_ids, pad_id, ctx.device, recipe.eval_batch_size), 0.0, 10.0)
-            val_mae = float(np.abs(pred - val.targets).mean())
-    done = {"bucket": index, "max_length": recipe.max_length, "head_tokens": head, "tail_tokens": tail,
-            "share": share, "steps": steps[0], "epochs": len(epochs), "stopped_at_share": stopped,
-            "val_mae": val_mae, "seconds": round(time.monotonic() - started, 3),
+    result = train_student(train.texts, ty, dims, cfg.stage2.base_model, adapter_out, sample_weights=tw,
+                           val_texts=val.texts, val_targets=val.targets, device=ctx.device, progress=on_step,
+                           history_path=out / "history.json", init_adapter=start,
+                           **{**params.student, "seed": ctx.seed, "head_tokens": head, "tail_tokens": tail,
+                              "max_length": max_length, "epochs": params.epochs_per_bucket})
+    epochs = result.history["epochs"]
+    done = {"bucket": index, "max_length": max_length, "head_tokens": head, "tail_tokens": tail,
+            "share": share, "steps": steps[0], "epochs": len(epochs), "stopped_at_share": result.stopped,
+            "val_mae": result.best_val_mae, "seconds": round(time.monotonic() - started, 3),
             "started_from": "scratch" if start is None else str(start)}
     return done  # run() writes it to done.json last: a bucket counts as finished once its adapter is on disk
 
@@ -188,15 +162,9 @@ def run(ctx: Context) -> Outcome:
     if stage2 is None:
         raise EvolveError(f"{ctx.initiative}: {ctx.package.ref} has no stage2 section: no student to train")
     # The candidate serves at the last bucket's cut; its probe sees the same text, so it is retrained on it.
-    from transformers import AutoTokenizer
-
-    from scoring.models import hub_offline
-    from scoring.student import resolve_base
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base(stage2.base_model), local_files_only=hub_offline())
-    prefix, suffix = special_tokens(tokenizer)
+    n_special, _ = _base_limits(stage2.base_model, params.buckets[-1])
     pre = ctx.package.config.preprocessing
-    head, tail = scaled_cut(pre.head_tokens, pre.tail_tokens, params.buckets[-1], len(prefix) + len(suffix))
+    head, tail = scaled_cut(pre.head_tokens, pre.tail_tokens, params.buckets[-1], n_special)
     set_config_value(candidate.package.path, "preprocessing", "head_tokens", head)
     set_config_value(candidate.package.path, "preprocessing", "tail_tokens", tail)
     set_config_value(candidate.package.path, "stage2", "max_length", params.buckets[-1])

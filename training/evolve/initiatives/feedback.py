@@ -17,10 +17,10 @@ The rows are what people said in the last ``hours`` hours, and what downstream c
 No held-out article (``ctx.heldout_ids``) is read, nor any article of the candidate's own validation,
 calibration and test splits (cut from ``ctx.train_data``), which choose its epoch and calibrate it.
 
-Training starts from the parent's adapter (``PeftModel.from_pretrained(..., is_trainable=True)``: its LoRA
-weights and regression head) and runs the project's student loop (:mod:`training.student`) with the
-package's head+tail cut and max length. Each epoch's adapter is a checkpoint under ``ctx.checkpoints``; a
-rerun after a stop goes on from the last one (the learning-rate schedule restarts over the epochs left).
+Training continues the parent's adapter (its LoRA weights and regression head) through
+:func:`training.student.train_student`'s ``init_adapter``, with the package's head+tail cut and max length.
+Each epoch's adapter is a checkpoint under ``ctx.checkpoints``; a rerun after a stop goes on from the last
+one (the learning-rate schedule restarts over the epochs left, and the seed moves on by the epochs done).
 The epoch with the best validation MAE becomes the candidate's adapter, which is then calibrated (stage 2;
 the probe and its maps are the parent's), gated against the probe and exported.
 """
@@ -216,23 +216,6 @@ def _aware(moment: datetime) -> datetime:
 
 # -- continuing an adapter ---------------------------------------------------------------------------
 
-def load_trainable(package: FilterPackage, adapter_dir: Path, device: str) -> tuple[Any, Any, int, int]:
-    """The package's base with the adapter at ``adapter_dir`` loaded trainable: (peft model, tokenizer, pad id,
-    max length)."""
-    import torch
-    from peft import PeftModel
-
-    from scoring.student import load_base, model_max_length
-
-    cfg = package.config
-    assert cfg.stage2 is not None
-    tokenizer, base, pad_id = load_base(cfg.stage2.base_model, num_labels=len(cfg.dimensions), dtype=torch.float32,
-                                        problem_type="regression")
-    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
-    model.to(device)
-    return model, tokenizer, pad_id, model_max_length(base.config, tokenizer, cfg.stage2.max_length)
-
-
 def _read_state(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -246,19 +229,16 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 def continue_adapter(ctx: Context, package: FilterPackage, rows: FeedbackRows, val_texts: Sequence[str],
                      val_targets: np.ndarray, params: Params) -> dict[str, Any]:
     """Train the parent's adapter on ``rows``, one checkpoint per epoch; returns the state (epochs, best)."""
-    import torch
-
-    from scoring.text import encode_head_tail
-    from training.student import StudentRecipe, TrainProgress, _loop, _predict
+    from training.student import EpochEnd, StudentRecipe, TrainProgress, train_student
 
     cfg = package.config
     parent_adapter = ctx.package.file(cfg.stage2.adapter) if cfg.stage2 else None
-    if parent_adapter is None or not parent_adapter.is_dir():
+    if cfg.stage2 is None or parent_adapter is None or not parent_adapter.is_dir():
         raise EvolveError(f"{ctx.package.ref} has no trained adapter to continue", initiative=ctx.initiative)
     recipe = StudentRecipe(epochs=params.epochs, lr=params.lr, head_lr=params.head_lr,
                            weight_decay=params.weight_decay, batch_size=params.batch_size,
                            head_tokens=cfg.preprocessing.head_tokens, tail_tokens=cfg.preprocessing.tail_tokens,
-                           max_length=cfg.stage2.max_length if cfg.stage2 else 512, seed=ctx.seed)
+                           max_length=cfg.stage2.max_length, seed=ctx.seed)
     root = ctx.checkpoints / "feedback"
     state_file = root / STATE
     fingerprint = {"rows": rows.digest(), "parent": ctx.package.model_hashes.get("adapter"),
@@ -273,36 +253,32 @@ def continue_adapter(ctx: Context, package: FilterPackage, rows: FeedbackRows, v
     if done >= params.epochs:
         return state
     start_from = root / f"epoch-{done}" if done else parent_adapter
-    dims = cfg.dimension_names
-    y = np.asarray(rows.targets, dtype=np.float32)
     w = np.asarray(rows.weights, dtype=np.float32)
-    w = w / w.mean()
-    vy = np.asarray(val_targets, dtype=np.float32)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed + done)
-        model, tokenizer, pad_id, limit = load_trainable(package, start_from, ctx.device)
-        train_ids = encode_head_tail(tokenizer, rows.texts, head=recipe.head_tokens, tail=recipe.tail_tokens,
-                                     max_length=limit)
-        val_ids = encode_head_tail(tokenizer, list(val_texts), head=recipe.head_tokens, tail=recipe.tail_tokens,
-                                   max_length=limit)
-        if "parent_val_mae" not in state:
-            pred = np.clip(_predict(model, val_ids, pad_id, ctx.device, recipe.eval_batch_size), 0.0, 10.0)
-            state["parent_val_mae"] = float(np.abs(pred - vy).mean())
-            _write_state(state_file, state)
 
-        def on_step(p: TrainProgress) -> None:
-            if p.phase == "train":
-                ctx.progress(f"feedback epoch {done + p.epoch}/{params.epochs}", p.step, p.steps)
-                ctx.meter.check(f"feedback epoch {done + p.epoch}, step {p.step}")
-                return
-            epoch = done + p.epoch
-            model.save_pretrained(str(root / f"epoch-{epoch}"))
-            state["epochs"].append({"epoch": epoch, "val_mae": p.val_mae, "train_loss": p.loss})
-            _write_state(state_file, state)
+    def on_start(val_mae: float) -> None:
+        # Written before the first step, so a stop during epoch 1 keeps what the parent scored.
+        state["parent_val_mae"] = val_mae
+        _write_state(state_file, state)
 
-        left = StudentRecipe(**{**asdict(recipe), "epochs": params.epochs - done})
-        _loop(model, left, train_ids, y, w, val_ids, vy, dims, pad_id, ctx.device, ctx.work / "scratch-adapter",
-              on_step)
+    def on_step(p: TrainProgress) -> None:
+        if p.phase == "train":
+            ctx.progress(f"feedback epoch {done + p.epoch}/{params.epochs}", p.step, p.steps)
+            ctx.meter.check(f"feedback epoch {done + p.epoch}, step {p.step}")
+
+    def on_epoch(end: EpochEnd) -> None:
+        epoch = done + end.epoch
+        end.save(root / f"epoch-{epoch}")
+        state["epochs"].append({"epoch": epoch, "val_mae": end.record["val_mae"],
+                                "train_loss": end.record["train_loss"]})
+        _write_state(state_file, state)
+
+    # A resumed run's seed moves on, so its epochs do not replay the first run's order and dropout.
+    left = {**asdict(recipe), "epochs": params.epochs - done, "seed": ctx.seed + done}
+    train_student(rows.texts, np.asarray(rows.targets, dtype=np.float32), cfg.dimension_names,
+                  cfg.stage2.base_model, ctx.work / "scratch-adapter", sample_weights=w / w.mean(),
+                  val_texts=list(val_texts), val_targets=np.asarray(val_targets, dtype=np.float32),
+                  device=ctx.device, progress=on_step, init_adapter=start_from, on_epoch=on_epoch,
+                  on_start=None if "parent_val_mae" in state else on_start, **left)
     return state
 
 

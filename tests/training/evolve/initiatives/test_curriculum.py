@@ -97,3 +97,32 @@ def test_curriculum_runs_buckets_in_order_and_resumes_after_the_last_finished(
     assert {"curriculum: bucket 32", "curriculum: bucket 64"} <= jobs[0]
     assert "curriculum: bucket 64" in jobs[1] and "curriculum: bucket 32" not in jobs[1]
     assert ledger.device_seconds("curriculum") > 0
+
+
+def test_a_spent_share_ends_its_bucket_and_the_next_goes_on_from_its_weights(
+        tmp_path: Path, tiny_gemma: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    parent = parent_package(tmp_path / "filters", tiny_gemma)
+    data = labelled_data(tmp_path / "labelled.jsonl")
+    params = {**FAST, "probe_folds": 1, "buckets": [32, 64], "shares": [0.5, 0.5]}
+    now = [0.0]
+    jumped = [False]
+
+    def progress(description: str, completed: int, total: int | None) -> None:
+        # Bucket 1's share (500 of 1000) is spent at its second step; the allocation is not.
+        if description.startswith("curriculum bucket 1/2") and completed == 2 and not jumped[0]:
+            jumped[0] = True
+            now[0] += 600.0
+
+    ctx, _ = context(tmp_path, parent, data, "curriculum", params, cache=shared_cache(tmp_path_factory),
+                     allocation=1000.0, clock=lambda: now[0])
+    outcome = curriculum.run(replace(ctx, progress=progress))
+    first, second = outcome.notes["buckets"]
+    assert first["stopped_at_share"] and first["steps"] == 2 and first["epochs"] == 0
+    assert not second["stopped_at_share"] and second["epochs"] == 1
+    assert outcome.notes["buckets_stopped_at_share"] == [32]
+    # The weights it had when it stopped were kept, validated, and are where bucket 2 started.
+    history = orjson.loads((ctx.checkpoints / "bucket-0-32" / "history.json").read_bytes())
+    assert history["stopped"]["in_epoch"] == 1 and first["val_mae"] == history["stopped"]["val_mae"]
+    assert (ctx.checkpoints / "bucket-0-32" / "adapter" / "adapter_model.safetensors").is_file()
+    assert second["started_from"] == str(ctx.checkpoints / "bucket-0-32" / "adapter")
+    assert_complete_candidate(outcome.package_dir, parent)  # type: ignore[arg-type]
