@@ -9,6 +9,7 @@ is split by job:
 | :mod:`~training.oracle.settings` | :class:`OracleSettings`, read from ``FLUXSCORE_ORACLE_*`` (the table is there) |
 | :mod:`~training.oracle.answers` | the JSON in an answer, validated by a pydantic model built from the dimensions |
 | :mod:`~training.oracle.providers` | request and response code per API; ``Retry-After`` and ``retryDelay`` |
+| :mod:`~training.oracle.generate` | :class:`ArticleGenerator`: new articles grounded on a source (augmentation) |
 | :mod:`~training.oracle.labeller` | concurrency, rate limit, retries, resume, accounting; :func:`label_file` |
 | :mod:`~training.oracle.errors` | :class:`OracleError` and its kinds (training errors) |
 | :mod:`~training.oracle.worker_api` | :class:`Oracle`: one item at a time, for the ``oracle`` stream role |
@@ -28,6 +29,14 @@ from __future__ import annotations
 
 from training.oracle.answers import extract_json, parse_answer, validate_scores
 from training.oracle.errors import OracleAnswerError, OracleConfigError, OracleError, OracleRequestError
+from training.oracle.generate import (
+    ArticleGenerator,
+    GeneratedArticle,
+    GenerationRequest,
+    GenerationResult,
+    build_generation_messages,
+    parse_generated,
+)
 from training.oracle.labeller import (
     LabelEvent,
     LabelSummary,
@@ -42,7 +51,8 @@ from training.oracle.providers import Usage, parse_retry_after
 from training.oracle.settings import OracleSettings
 from training.oracle.worker_api import Oracle, OracleRejection, OracleUnavailableError
 
-__all__ = ["LabelEvent", "LabelSummary", "Oracle", "OracleAnswerError", "OracleConfigError", "OracleError",
-           "OracleRejection", "OracleRequestError", "OracleSettings", "OracleUnavailableError", "RateLimiter", "Usage",
-           "build_messages", "completed_ids", "extract_json", "label_articles", "label_file", "parse_answer",
-           "parse_retry_after", "read_articles", "validate_scores"]
+__all__ = ["ArticleGenerator", "GeneratedArticle", "GenerationRequest", "GenerationResult", "LabelEvent",
+           "LabelSummary", "Oracle", "OracleAnswerError", "OracleConfigError", "OracleError", "OracleRejection",
+           "OracleRequestError", "OracleSettings", "OracleUnavailableError", "RateLimiter", "Usage",
+           "build_generation_messages", "build_messages", "completed_ids", "extract_json", "label_articles",
+           "label_file", "parse_answer", "parse_generated", "parse_retry_after", "read_articles", "validate_scores"]

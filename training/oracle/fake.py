@@ -11,7 +11,9 @@ its headers, body, and start/end times, and the highest number of requests in fl
 By default a good answer scores the test dimensions ``alpha`` and ``beta``. With
 ``dimensions_from_prompt=True`` the answers score the dimensions the system message lists (as
 :func:`training.oracle.labeller.build_messages` writes them), so any filter package can be labelled:
-scores are derived from a hash of the article text, stable across calls. It binds loopback only and
+scores are derived from a hash of the article text, stable across calls. A generation request (its
+system message carries :data:`~training.oracle.generate.GENERATION_MARKER`) is answered with an article
+JSON ``{"title", "content"}`` derived from the request (:func:`generated_article`). It binds loopback only and
 checks the API key like a real provider; it is a test double, not a model.
 """
 
@@ -31,6 +33,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from training.oracle.errors import OracleError
+from training.oracle.generate import GENERATION_MARKER, SOURCE_DELIMITER
 
 MARKER = re.compile(r"case:(\S+) key:(\S+)")
 GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
@@ -59,6 +62,16 @@ def hashed_scores(dimensions: list[str], text: str) -> dict[str, float]:
         digest = hashlib.sha256(f"{name}\0{text}".encode()).digest()
         out[name] = 2.0 + (digest[0] % 16) / 2.0
     return out
+
+
+def generated_article(user_text: str) -> str:
+    """The fake's answer to a generation request: the source (after the delimiter) under a new title and a
+    new lede, both from a hash of the whole request, so each variant differs and a rerun gets the same."""
+    digest = hashlib.sha256(user_text.encode()).hexdigest()
+    source = user_text.partition(SOURCE_DELIMITER)[2] or user_text
+    first, _, rest = source.strip().partition("\n")
+    return json.dumps({"title": f"Report {digest[:8]}: {first[:60]}",
+                       "content": f"Correspondents filed this report ({digest[:12]}).\n\n{rest.strip() or first}"})
 
 
 @dataclass
@@ -117,6 +130,12 @@ class FakeOracle:
         dims = prompt_dimensions(_system_text(body, api)) if self.dimensions_from_prompt else []
         good_text = json.dumps({**hashed_scores(dims, user_text), "reasoning": "scored by the fake oracle"}) \
             if dims else GOOD_TEXT
+        if GENERATION_MARKER in _system_text(body, api):
+            good_text = generated_article(user_text)
+            # Scoring cases do not apply to a generation request: it gets its article, which carries the
+            # marker on, so that labelling the generated article is what fails.
+            if case in ("missing", "range"):
+                case = "good"
         good = Plan(text=good_text)
         if case == "good":
             return good
@@ -327,4 +346,4 @@ class MockOracle(FakeOracle):
 
 
 __all__ = ["GOOD", "GOOD_TEXT", "MARKER", "USAGE_IN", "USAGE_OUT", "USAGE_THINKING", "FakeOracle", "FakeOracleError",
-           "MockOracle", "OracleServer", "Plan", "Seen", "hashed_scores", "prompt_dimensions"]
+           "MockOracle", "OracleServer", "Plan", "Seen", "generated_article", "hashed_scores", "prompt_dimensions"]

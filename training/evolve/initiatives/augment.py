@@ -4,11 +4,23 @@ Groups are the oracle tier, the ``language``, the ``source`` or the ``source_typ
 row (``params.by``); a group with fewer than ``params.min_examples`` real rows in ``ctx.train_data`` gets
 synthetic rows until it reaches that count (at most ``params.max_per_group``).
 
-``mode: paraphrase`` (the only mode today) rewrites real rows of the group, positives (MEDIUM and HIGH)
+``mode: paraphrase`` rewrites real rows of the group, positives (MEDIUM and HIGH)
 first, offline and deterministically: the sentences of each paragraph are put in another order, the
 paragraphs after the lede are too, and every other variant takes its title from its own first sentence.
 What an article says, and therefore its label, stays; what the models see changes, which is what a
 few-shot group needs to stop being memorised. The label of the source row is kept as it is.
+
+``mode: oracle`` asks the LLM, through the oracle client (:class:`training.oracle.ArticleGenerator`), for
+each planned (source row, variant) to write a new article reporting the same facts as the source, in the
+group's language, for the source's kind and tier (a grounded rewrite: see :mod:`training.oracle.generate`),
+and then labels it with the filter's own prompt through :func:`training.oracle.label_articles` (the path of
+``fluxscore train label``): its scores are the oracle's, never the source's. The oracle settings are the
+process's (``FLUXSCORE_ORACLE_*``) unless ``params.oracle`` names ``provider``, ``model``, ``base_url`` or
+``api_key_env``. One request at a time, the meter checked before each: a generated article is appended to
+``checkpoints/oracle_generated.jsonl`` before it is labelled, labels go to ``checkpoints/oracle_labelled.jsonl``
+(rejects beside it), and the finished row to ``checkpoints/synthetic.jsonl`` before the next request, so a
+rerun neither generates nor labels twice. A row the oracle fails on (generation or labelling, after the
+retries) is skipped and its reason counted in the notes (``skipped``); a rerun tries it again.
 
 Synthetic rows are marked (``metadata.synthetic: true``, ``metadata.synthetic_of``, ``metadata.generator``)
 and kept apart: they are appended, one line per generation and flushed, to ``checkpoints/synthetic.jsonl``
@@ -27,6 +39,7 @@ a progress callback that charges the meter (:func:`metered`), the probe with its
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -35,9 +48,10 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from scoring.aggregate import Tier, aggregate
+from scoring.article import Article
 from scoring.package import FilterPackage
 from training.dataset import LabelledSet, load_labelled
 from training.evolve.base import Context, Outcome
@@ -51,21 +65,44 @@ from training.evolve.initiatives._candidate import (
     start_candidate,
     train_probe,
 )
+from training.oracle import ArticleGenerator, GenerationRequest, LabelEvent, OracleSettings, label_articles
 from training.steps import (
     Workspace,
     run_student,
 )
 
 GENERATOR = "fluxscore.evolve.paraphrase"
+ORACLE_GENERATOR = "fluxscore.evolve.oracle"
 SYNTHETIC_FILE = "synthetic.jsonl"
+GENERATED_FILE = "oracle_generated.jsonl"
+LABELLED_FILE = "oracle_labelled.jsonl"
+REJECTS_FILE = "oracle_rejects.jsonl"
 # -- augmentation ------------------------------------------------------------------------------------
 
 GroupBy = Literal["tier", "language", "source", "source_type"]
 
 
+class OracleParams(BaseModel):
+    """The oracle settings a plan may name; what it leaves out comes from ``FLUXSCORE_ORACLE_*``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: Literal["openai", "gemini"] | None = Field(None, description="`openai` or `gemini`")
+    model: str | None = Field(None, description="model name sent to the API")
+    base_url: str | None = Field(None, description="API base URL")
+    api_key_env: str | None = Field(None, description="name of the variable holding the API key")
+
+    def settings(self) -> OracleSettings:
+        # Keyword values take precedence over the environment in the settings layer.
+        return OracleSettings(**self.model_dump(exclude_none=True))
+
+
 class Params(CandidateParams):
-    mode: Literal["paraphrase"] = Field("paraphrase", description=(
-        "paraphrase: offline rewrites of real rows of the group (sentence and paragraph order, titles)"))
+    mode: Literal["paraphrase", "oracle"] = Field("paraphrase", description=(
+        "paraphrase: offline rewrites of real rows of the group (sentence and paragraph order, titles); "
+        "oracle: new articles on the source's facts written by the LLM, then labelled by the oracle"))
+    oracle: OracleParams = Field(default_factory=OracleParams, description=(
+        "mode oracle: provider, model, base_url, api_key_env (default: the FLUXSCORE_ORACLE_* settings)"))
     by: tuple[GroupBy, ...] = Field(("tier",), min_length=1, description="what makes a group")
     min_examples: int = Field(20, ge=1, description="a group with fewer real rows than this is augmented")
     max_per_group: int = Field(200, ge=1, description="synthetic rows per group at most")
@@ -198,18 +235,29 @@ def run(ctx: Context) -> Outcome:
         # ctx.train_data holds no held-out article; should one slip in, no variant of it is made either.
         real_train = train.subset([i for i, rid in enumerate(train.ids) if rid not in ctx.heldout_ids])
         plans, empty = plan_synthetic(real_train, candidate.package, wanted, params.by)
-        made = {str(r["id"]): r for r in read_rows(checkpoint)}
+        generator = ORACLE_GENERATOR if params.mode == "oracle" else GENERATOR
+        # Only rows of this mode count as made: a checkpoint of the other mode is not this one's work.
+        made = {str(r["id"]): r for r in read_rows(checkpoint) if (r.get("metadata") or {}).get("generator")
+                == generator}
         reused = len(made)
-        for group, pairs in plans.items():
-            for source, variant in pairs:
-                rid = f"{source['id']}~{variant}"
-                if rid in made:
-                    continue
-                ctx.meter.check(f"generation for {group}")
-                made[rid] = _synthetic_row(source, variant, ctx.seed)
-                _append(checkpoint, made[rid])
-    planned_ids = {f"{s['id']}~{v}" for pairs in plans.values() for s, v in pairs}
-    synthetic = [made[rid] for rid in sorted(planned_ids)]
+        skipped: Counter[str] = Counter()
+        oracle_notes: dict[str, Any] = {}
+        if params.mode == "oracle":
+            tiers = dict(zip(real_train.ids, (t.value for t in real_train.tiers(candidate.package.config)),
+                             strict=True))
+            oracle_notes = _oracle_rows(ctx, candidate.package, params.oracle.settings(), plans, tiers, made,
+                                        checkpoint, skipped)
+        else:
+            for group, pairs in plans.items():
+                for source, variant in pairs:
+                    rid = _row_id(source, variant, params.mode)
+                    if rid in made:
+                        continue
+                    ctx.meter.check(f"generation for {group}")
+                    made[rid] = _synthetic_row(source, variant, ctx.seed)
+                    _append(checkpoint, made[rid])
+    planned_ids = {_row_id(s, v, params.mode) for pairs in plans.values() for s, v in pairs}
+    synthetic = [made[rid] for rid in sorted(planned_ids) if rid in made]
     _add_to_train(candidate.work, synthetic)
     with ctx.meter.running("augment: train"):
         train_probe(ctx, candidate, params, folds=1)
@@ -219,14 +267,101 @@ def run(ctx: Context) -> Outcome:
                                   seed=ctx.seed, progress=metered(ctx), **params.student)
             student = {"student_validation_mae": mean_mae(outcome.validation_mae)}
         figures = finish_candidate(ctx, candidate)
-    per_group = Counter(g for g, pairs in plans.items() for _ in pairs)
+    per_group = Counter(g for g, pairs in plans.items() for s, v in pairs if _row_id(s, v, params.mode) in made)
     notes = {"mode": params.mode, "groups": {g: {"real": counts[g], "synthetic": per_group[g]}
                                              for g in wanted},
-             "groups_without_train_rows": empty, "synthetic_rows": len(synthetic),
+             "groups_without_train_rows": empty, "planned_rows": len(planned_ids), "synthetic_rows": len(synthetic),
              "reused_from_checkpoint": min(reused, len(synthetic)), "synthetic_file": str(checkpoint),
-             "real_train_rows": len(train), **figures}
+             "real_train_rows": len(train), **oracle_notes, **figures}
+    if params.mode == "oracle":
+        notes["skipped"] = dict(sorted(skipped.items()))
     return Outcome(package_dir=candidate.package.path, notes=notes,
                    metrics={"synthetic_rows": float(len(synthetic)), **student})
+
+
+def _row_id(source: dict[str, Any], variant: int, mode: str) -> str:
+    return f"{source['id']}~{variant}" if mode == "paraphrase" else f"{source['id']}~oracle{variant}"
+
+
+def _oracle_article(source: dict[str, Any], variant: int, rid: str, title: str, content: str, model: str,
+                    group: str) -> Article:
+    """The generated article as a record: the source's kind, language and date, none of its labels or
+    metadata (its word count, its generator: not this text's)."""
+    keep = ("source", "source_type", "language", "published_date", "tags")
+    fields: dict[str, Any] = {k: source[k] for k in keep if source.get(k) is not None}
+    if isinstance(source.get("url"), str):
+        fields["url"] = f"{source['url']}#synthetic-oracle{variant}"
+    fields["metadata"] = {"synthetic": True, "synthetic_of": str(source["id"]), "generator": ORACLE_GENERATOR,
+                          "model": model, "variant": variant, "group": group}
+    return Article.model_validate({**fields, "id": rid, "title": title, "content": content})
+
+
+def _oracle_rows(ctx: Context, package: FilterPackage, settings: OracleSettings,
+                 plans: dict[str, list[tuple[dict[str, Any], int]]], tiers: dict[str, str],
+                 made: dict[str, dict[str, Any]], checkpoint: Path, skipped: Counter[str]) -> dict[str, Any]:
+    """Generate and label the planned rows not yet in ``made``, one request at a time; each finished row is
+    appended to ``checkpoint`` before the next request. Returns the request counts for the notes."""
+    generated_path = ctx.checkpoints / GENERATED_FILE
+    labelled_path = ctx.checkpoints / LABELLED_FILE
+    rejects_path = ctx.checkpoints / REJECTS_FILE
+    generated = {str(r["id"]): r for r in read_rows(generated_path)}
+    labelled = {str(r["id"]): r for r in read_rows(labelled_path)}
+    dims = tuple((d.name, d.description) for d in package.config.dimensions)
+    counts = {"generation_requests": 0, "labelling_requests": 0, "generated_reused": 0, "labels_reused": 0}
+
+    failed: set[str] = set()  # a row two groups plan is asked for (and counted) once
+
+    async def work() -> None:
+        async with ArticleGenerator(settings) as gen:
+            for group, pairs in plans.items():
+                for source, variant in pairs:
+                    rid = _row_id(source, variant, "oracle")
+                    if rid in made or rid in failed:
+                        continue
+                    if rid in generated:
+                        article = Article.model_validate(generated[rid])
+                        counts["generated_reused"] += 1
+                    else:
+                        ctx.meter.check(f"oracle generation for {group}")
+                        language = source.get("language") if isinstance(source.get("language"), str) else None
+                        request = GenerationRequest(
+                            request_id=rid, source_title=str(source.get("title") or ""),
+                            source_content=str(source.get("content") or ""), language=language,
+                            source=source.get("source"), source_type=source.get("source_type"),
+                            tier=tiers.get(str(source["id"])), variant=variant, filter_name=package.name,
+                            dimensions=dims)
+                        result = await gen.generate(request)
+                        if result.article is None:
+                            failed.add(rid)
+                            skipped[f"generation: {result.reason}"] += 1
+                            continue
+                        article = _oracle_article(source, variant, rid, result.article.title,
+                                                  result.article.content, settings.model, group)
+                        generated[rid] = article.to_dict()
+                        _append(generated_path, generated[rid])
+                    if rid not in labelled:
+                        ctx.meter.check(f"oracle labelling for {group}")
+                        events: list[LabelEvent] = []
+                        # label_articles starts its own limiter; waiting on the generator's first keeps the
+                        # two kinds of request together within the configured rate.
+                        await gen.limiter.acquire()
+                        summary = await label_articles(package, [article], labelled_path, rejects_path, settings,
+                                                       events.append)
+                        counts["labelling_requests"] += summary.requests
+                        done = [e for e in events if e.kind in ("labelled", "rejected")]
+                        if not done or done[-1].kind == "rejected":
+                            failed.add(rid)
+                            skipped[f"labelling: {done[-1].detail if done else 'no outcome'}"] += 1
+                            continue
+                        labelled[rid] = next(r for r in reversed(read_rows(labelled_path)) if r.get("id") == rid)
+                    else:
+                        counts["labels_reused"] += 1
+                    made[rid] = labelled[rid]
+                    _append(checkpoint, made[rid])
+            counts["generation_requests"] = gen.requests
+
+    asyncio.run(work())
+    return {**counts, "oracle_model": settings.model, "oracle_provider": settings.provider}
 
 
 def _add_to_train(work: Workspace, rows: Iterable[dict[str, Any]]) -> None:

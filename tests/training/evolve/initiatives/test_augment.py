@@ -114,6 +114,20 @@ def test_params_refuse_unknown_and_cut_fields() -> None:
         Params.model_validate({"student": {"epoch": 2}})
 
 
+def test_oracle_params_map_onto_the_oracle_settings_with_the_environment_as_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUXSCORE_ORACLE_MODEL", "env-model")
+    monkeypatch.setenv("FLUXSCORE_ORACLE_RPM", "7")
+    settings = Params.model_validate({"mode": "oracle", "oracle": {"provider": "gemini", "api_key_env": "MY_KEY"}}
+                                     ).oracle.settings()
+    assert (settings.provider, settings.api_key_env, settings.model, settings.rpm) == ("gemini", "MY_KEY",
+                                                                                        "env-model", 7.0)
+    assert settings.base_url == "https://generativelanguage.googleapis.com"
+    assert Params.model_validate({"oracle": {"model": "m"}}).oracle.settings().model == "m"
+    with pytest.raises(ValueError, match="Extra inputs"):
+        Params.model_validate({"mode": "oracle", "oracle": {"temperature": 1}})
+
+
 def test_augment_end_to_end_marks_synthetic_rows_keeps_them_in_train_and_resumes(
         tmp_path: Path, tiny_gemma: Path, cache: Path) -> None:
     parent = parent_package(tmp_path / "filters", tiny_gemma)
@@ -160,3 +174,99 @@ def test_augment_end_to_end_marks_synthetic_rows_keeps_them_in_train_and_resumes
     assert {"augment: generate", "augment: train"} <= jobs
     assert ledger.device_seconds("augment") > 0
     assert np.isfinite(outcome.metrics["student_validation_mae"])
+
+
+def _marked(data: Path, path: Path) -> Path:
+    """The labelled data with markers for the fake oracle in some rows: every 4th source fails to be
+    generated (malformed answers), every 7th is generated but its article fails to be labelled (the
+    marker travels into the generated text and the labelling answer scores out of range)."""
+    rows = [orjson.loads(line) for line in data.read_bytes().splitlines()]
+    for i, row in enumerate(rows):
+        case = "malformed" if i % 4 == 1 else "range" if i % 7 == 3 else None
+        if case:
+            row["content"] = f"{row['content']} case:{case} key:{row['id']}"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
+
+
+def test_augment_oracle_mode_generates_labels_checkpoints_and_skips_failures(
+        tmp_path: Path, tiny_gemma: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scoring.text import article_text
+    from tests.training.oracle.common import KEY, KEY_ENV
+    from tests.training.oracle_server import OracleServer
+    from training.dataset import load_labelled
+    from training.oracle import build_messages
+    from training.oracle.fake import hashed_scores
+    from training.oracle.generate import GENERATION_MARKER
+
+    parent = parent_package(tmp_path / "filters", tiny_gemma)
+    data = _marked(labelled_data(tmp_path / "plain.jsonl"), tmp_path / "labelled.jsonl")
+    for name, value in {"RPM": "0", "BACKOFF": "0.01", "MAX_ATTEMPTS": "2", "TIMEOUT": "5"}.items():
+        monkeypatch.setenv(f"FLUXSCORE_ORACLE_{name}", value)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server = OracleServer(KEY, dimensions_from_prompt=True).start()
+    try:
+        oracle = {"provider": "openai", "base_url": f"{server.url}/v1", "model": "fake-gen", "api_key_env": KEY_ENV}
+        params = {**FAST, "mode": "oracle", "oracle": oracle, "by": ["tier", "language"], "min_examples": 14,
+                  "max_per_group": 4}
+
+        # Stopped by its allocation mid-generation ($1 per second, the clock one second per look).
+        ticks = itertools.count()
+        ctx, ledger = context(tmp_path, parent, data, "augment", params, cache=cache, allocation=20.0,
+                              clock=lambda: float(next(ticks)))
+        with pytest.raises(BudgetExhausted):
+            augment.run(ctx)
+        checkpoint = ctx.checkpoints / augment.SYNTHETIC_FILE
+        first = read_rows(checkpoint)
+        assert first and len(server.seen) > 0
+
+        seen = len(server.seen)
+        ctx, ledger = context(tmp_path, parent, data, "augment", params, cache=cache, ledger=Ledger(ledger.path))
+        outcome = augment.run(ctx)
+        notes = outcome.notes
+        rows = read_rows(checkpoint)
+        assert [r["id"] for r in rows[:len(first)]] == [r["id"] for r in first]  # append-only
+        assert notes["reused_from_checkpoint"] == len(first)
+        assert len({r["id"] for r in rows}) == len(rows) == notes["synthetic_rows"] > 0
+
+        # Failures are skipped with their reason counted; with the made rows they are the whole plan.
+        skipped = notes["skipped"]
+        assert any(k.startswith("generation: ") and "no JSON object" in k for k in skipped)
+        assert any(k.startswith("labelling: ") and "outside 0-10" in k for k in skipped)
+        assert notes["synthetic_rows"] + sum(skipped.values()) == notes["planned_rows"]
+        assert notes["planned_rows"] <= sum(min(14 - g["real"], 4) for g in notes["groups"].values())
+
+        # Marked like paraphrase rows, labelled by the oracle on their own text (not the source's scores).
+        dims = parent.config.dimension_names
+        real = load_labelled(data, dims, filter_name=parent.name)
+        sources = {rid: list(target) for rid, target in zip(real.ids, real.targets, strict=True)}
+        prompt = parent.file(parent.config.oracle_prompt).read_text(encoding="utf-8")
+        # The rerun asked for none of the rows the first run finished.
+        titles = {orjson.loads(line)["id"]: orjson.loads(line)["title"] for line in data.read_bytes().splitlines()}
+        asked = [s.body["messages"][-1]["content"] for s in server.seen[seen:]
+                 if GENERATION_MARKER in s.body["messages"][0]["content"]]
+        assert len(asked) == notes["generation_requests"] > 0
+        for row in first:
+            meta = row["metadata"]
+            assert not [u for u in asked if u.startswith(f"Write variant {meta['variant']} ")
+                        and f"\n{titles[meta['synthetic_of']]}\n" in u]
+        differ = 0
+        for row in rows:
+            meta = row["metadata"]
+            assert meta["synthetic"] is True and meta["generator"] == "fluxscore.evolve.oracle"
+            assert meta["model"] == row["oracle"]["model"] == "fake-gen" and meta["synthetic_of"] in sources
+            assert row["content"].startswith("Correspondents filed this report") and "truth" not in row
+            _, user = build_messages(parent, prompt, article_text(parse_article(orjson.dumps(row))))
+            assert row["oracle"]["scores"] == hashed_scores(list(dims), user)
+            differ += [row["oracle"]["scores"][d] for d in dims] != sources[meta["synthetic_of"]]
+        assert differ > len(rows) // 2
+
+        splits = ctx.work / "workspace" / "splits"
+        train_ids = {orjson.loads(line)["id"] for line in (splits / "train.jsonl").read_bytes().splitlines()}
+        assert {r["id"] for r in rows} <= train_ids
+        assert_complete_candidate(outcome.package_dir, parent)  # type: ignore[arg-type]
+
+    finally:
+        server.stop()
+    jobs = {e["job"] for e in ledger.entries if e["kind"] == "charge"}
+    assert "augment: generate" in jobs
