@@ -16,20 +16,19 @@ one every few seconds per task, plus every task's completion), so a long student
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from scoring.exceptions import FluxscoreError
 from scoring.package import BUNDLED_ROOT, FilterPackage, load_package, resolve
 from training import threshold as thr
 from training.dataset import DEFAULT_FRACTIONS, SPLITS, infer_dimensions
+from training.progress import progress_display
 from training.steps import ProgressFn, Workspace, default_cache_dir
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -62,60 +61,8 @@ KeepRoutingOpt = Annotated[bool, typer.Option("--keep-student-routing", help=(
     "keep the false-negative threshold and export even when the student is not better than the probe on the "
     "calibration split (default: stage 1 final for all, or a threshold that escalates only where it helps)"))]
 
-# On a pipe or log: at most one line per task this often (seconds), besides its first and last.
-LOG_INTERVAL = 5.0
-
-
-def _task_key(description: str) -> str:
-    """Descriptions carry changing details (epoch, loss, MAE); the task is what comes before them."""
-    return description.split(" (")[0].split(" epoch")[0].split(" validation")[0]
-
-
-def _plain_progress(interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> ProgressFn:
-    """Progress as plain lines, for output that is not a terminal (a rich bar prints nothing useful there)."""
-    started: dict[str, float] = {}
-    last: dict[str, float] = {}
-    finished: set[str] = set()
-
-    def update(description: str, completed: int, total: int | None) -> None:
-        key = _task_key(description)
-        now = clock()
-        done = total is not None and completed >= total
-        if key not in started or (key in finished and not done):
-            started[key] = last[key] = now  # a task seen again after it finished (the next pass) starts over
-            finished.discard(key)
-            if not done and completed == 0:
-                return  # a start says nothing yet; a quick task (a cached embedding pass) then prints one line
-        elif key in finished or (not done and now - last[key] < interval):
-            return
-        last[key] = now
-        if done:
-            finished.add(key)
-        amount = f"{completed}/{total} ({100.0 * completed / total:.0f}%)" if total else f"{completed}"
-        console.print(f"{time.strftime('%H:%M:%S')} {description}: {amount}, {now - started[key]:.0f} s",
-                      soft_wrap=True, markup=False, highlight=False)
-
-    return update
-
-
-@contextmanager
-def _progress() -> Iterator[ProgressFn]:
-    """A rich progress display on a terminal, each distinct description prefix with its own bar; plain
-    rate-limited lines otherwise."""
-    if not console.is_terminal:
-        yield _plain_progress()
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bars:
-        tasks: dict[str, Any] = {}
-
-        def update(description: str, completed: int, total: int | None) -> None:
-            key = _task_key(description)
-            if key not in tasks:
-                tasks[key] = bars.add_task(description, total=total)
-            bars.update(tasks[key], description=description, completed=completed, total=total)
-
-        yield update
+def _progress() -> AbstractContextManager[ProgressFn]:
+    return progress_display(console)
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -476,6 +423,10 @@ def labels_export(
 
 
 def register(parent: typer.Typer) -> None:
-    """Add ``fluxscore train …`` and ``fluxscore labels …`` to the top-level app (the ``train`` entry point)."""
+    """Add ``fluxscore train …``, ``fluxscore labels …`` and ``fluxscore evolve …`` (the ``train`` entry point)."""
     parent.add_typer(app, name="train", help="Train probes and students, calibrate, export packages.")
     parent.add_typer(labels_app, name="labels")
+    # Improvement rounds need what training needs (the train extra), so they come with these commands.
+    from training.evolve.cli import register as register_evolve
+
+    register_evolve(parent)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from scoring import entry
 
 ALL_COMMANDS = {"score", "filters", "settings", "worker", "produce", "consume", "demo", "replay", "topics", "annotate",
-                "train", "labels", "drift"}
+                "train", "labels", "drift", "evolve"}
 
 
 def test_the_full_command_set_is_registered() -> None:

@@ -175,10 +175,11 @@ def test_clear_errors_and_nonzero_exit(tmp_path: Path) -> None:
 
 
 def test_progress_on_a_pipe_is_plain_rate_limited_lines(capsys: pytest.CaptureFixture[str]) -> None:
-    from training.cli import _plain_progress
+    from training.cli import console
+    from training.progress import plain_progress
 
     now = [0.0]
-    update = _plain_progress(interval=5.0, clock=lambda: now[0])
+    update = plain_progress(console, interval=5.0, clock=lambda: now[0])
     update("student epoch 1/2", 0, 100)  # a start alone prints nothing
     for step in range(1, 101):  # one step a second for 100 s
         now[0] = float(step)

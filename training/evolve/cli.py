@@ -15,9 +15,9 @@ from rich.table import Table
 
 from scoring.cli import print_table
 from scoring.exceptions import FluxscoreError
-from training.cli import _progress
 from training.evolve.exceptions import PlanError
 from training.evolve.plan import Checked, check_file, describe_steps, money
+from training.progress import progress_display
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Improvement rounds under a compute budget: plan, run, report.")
@@ -90,7 +90,7 @@ def run_cmd(plan: PlanArg,
     from training.evolve.runner import run_round
 
     try:
-        with _progress() as progress:
+        with progress_display(console) as progress:
             result = run_round(plan, work, resume=resume, eval_device=eval_device, cache_dir=cache,
                                progress=progress)
     except PlanError as exc:
@@ -109,5 +109,5 @@ def run_cmd(plan: PlanArg,
 
 
 def register(parent: typer.Typer) -> None:
-    """Add ``fluxscore evolve …`` to the top-level app (the ``evolve`` entry point)."""
+    """Add ``fluxscore evolve …`` to the top-level app (through the ``train`` entry point: training.cli.register)."""
     parent.add_typer(app, name="evolve", help="Improvement rounds under a compute budget: plan, run, report.")
