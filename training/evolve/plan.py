@@ -49,7 +49,7 @@ class Device(_Strict):
 
 
 class HeldOut(_Strict):
-    fraction: Annotated[float, Field(gt=0, lt=1, description="share of the real labelled articles held out")]
+    fraction: Annotated[float, Field(gt=0, lt=1, description="share of the real labelled articles held out")] = 0.2
     seed: int = Field(0, description="seed of the stable split (a hash of seed and article id)")
     min_articles: int = Field(20, ge=1, description="fewer held-out articles than this is a plan error at run time")
 
@@ -90,7 +90,8 @@ class Plan(_Strict):
     currency: str = Field("USD", description="what budget, allocations and prices are in")
     budget: Annotated[float, Field(gt=0, description="the round's total; it never spends more")]
     devices: dict[str, Device] = Field(description="device kinds at hand: count and price per device-hour")
-    heldout: HeldOut = Field(description="real articles no initiative trains on, chosen by id")
+    heldout: HeldOut = Field(default_factory=HeldOut,
+                             description="real articles no initiative trains on, chosen by id (default 20 %)")
     data: tuple[str, ...] = Field(description="real labelled JSONL files (oracle or human labels)")
     labels_db: str | None = Field(None, description="label store URL ([al]) for human labels and feedback")
     success: Success = Field(default_factory=Success, description="the round's success rule")

@@ -41,6 +41,17 @@ def test_valid_plan_resolves_filters_and_relative_data(tmp_path: Path) -> None:
     assert load_plan(again) == checked.plan
 
 
+def test_the_held_out_share_defaults_to_a_fifth(tmp_path: Path) -> None:
+    path = _plan(tmp_path, [_init("a", 1)])
+    body = path.read_text().replace("heldout:", "unused_heldout:")
+    import yaml
+
+    loaded = yaml.safe_load(body)
+    loaded.pop("unused_heldout")
+    checked = check_file(write_plan(tmp_path / "plain.yaml", loaded), params=PARAMS)
+    assert checked.plan.heldout.fraction == 0.2 and checked.plan.heldout.seed == 0
+
+
 def test_every_problem_is_listed_with_the_arithmetic(tmp_path: Path) -> None:
     plan = _plan(tmp_path, [
         _init("a", 1, allocation=1.0, device="h100", hours=100.0),          # $1 ≠ 100 h × $10/h
