@@ -43,7 +43,7 @@ from scoring.isolate import isolate
 from scoring.pipeline import Escalation, Pipeline, Screened
 from scoring.records import RecordKey, ScoreRecord, text_hash
 from streams.dedupe import Claim, DedupeStore
-from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, DeadLetter, Source, build_dead_letter
+from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, DeadLetter, Source, logged_dead_letter
 from streams.exceptions import MessageTooLargeError
 from streams.metrics import StreamMetrics
 from streams.outbox import Message, Outbox, Sender
@@ -179,11 +179,8 @@ class StageRunner:
         return time.perf_counter()
 
     def _dead(self, stage: str, item: Inbound, exc: BaseException) -> DeadLetter:
-        log.info("dead letter", extra={"stage": stage, "error_type": type(exc).__name__, "error": str(exc),
-                                       "topic": item.source.topic, "partition": item.source.partition,
-                                       "offset": item.source.offset})
-        return build_dead_letter(item.payload, item.source, stage, exc, worker=self.worker,
-                                 max_payload_bytes=self.max_payload_bytes)
+        return logged_dead_letter(item.payload, item.source, stage, exc, worker=self.worker,
+                                  max_payload_bytes=self.max_payload_bytes)
 
     def _dlq_message(self, dead: DeadLetter) -> Message:
         return Message(self.topics.dlq.name, dead.key, dead.value, dead.headers)

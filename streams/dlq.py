@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,10 @@ from scoring.exceptions import FluxscoreError
 
 HEADER_PREFIX = "fluxscore."
 # Kafka headers are not meant for whole documents; the body keeps the full message.
+log = logging.getLogger(__name__)
 _HEADER_MESSAGE_LIMIT = 1024
+# A log line names the error; the whole message is in the dead letter itself.
+_LOG_LIMIT = 1000
 # Base64 grows a payload by 4/3; above this the dead letter would exceed Kafka's default 1 MB message
 # limit, so it keeps the head of the payload, its size and sha256 (the source offset still has it all).
 DEFAULT_MAX_PAYLOAD_BYTES = 700_000
@@ -102,6 +106,14 @@ def build_dead_letter(payload: bytes, source: Source, stage: str, exc: BaseExcep
     key = article_id.encode() if article_id else source.key
     return DeadLetter(key=key, value=orjson.dumps(body),
                       headers=[(HEADER_PREFIX + name, value.encode("utf-8", "replace")) for name, value in headers])
+
+
+def logged_dead_letter(payload: bytes, source: Source, stage: str, exc: BaseException, *, worker: str | None,
+                       max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> DeadLetter:
+    """:func:`build_dead_letter`, with the one log line every worker writes for it (with its coordinates)."""
+    log.info("dead letter", extra={"stage": stage, "error_type": type(exc).__name__, "error": str(exc)[:_LOG_LIMIT],
+                                   "topic": source.topic, "partition": source.partition, "offset": source.offset})
+    return build_dead_letter(payload, source, stage, exc, worker=worker, max_payload_bytes=max_payload_bytes)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from scoring.package import FilterPackage
 from scoring.settings import ScoringSettings
 from streams.agents import Inbound
 from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log, run_faust
-from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, build_dead_letter
+from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, logged_dead_letter
 from streams.exceptions import StreamError
 from streams.kafka import ensure_topics
 from streams.metrics import WAITING_FOR_KAFKA, StreamMetrics, ready_when_started
@@ -110,12 +110,8 @@ class FeedbackRunner:
             try:
                 filter_name, event = self.read(inbound)
             except Exception as exc:
-                log.info("dead letter", extra={"stage": STAGE, "error_type": type(exc).__name__,
-                                               "error": str(exc)[:300], "topic": inbound.source.topic,
-                                               "partition": inbound.source.partition,
-                                               "offset": inbound.source.offset})
-                dead = build_dead_letter(inbound.payload, inbound.source, STAGE, exc, worker=self.worker,
-                                         max_payload_bytes=self.max_payload_bytes)
+                dead = logged_dead_letter(inbound.payload, inbound.source, STAGE, exc, worker=self.worker,
+                                          max_payload_bytes=self.max_payload_bytes)
                 outbox.add(Message(self.topics.dlq.name, dead.key, dead.value, dead.headers))
                 self.metrics.dlq.labels(STAGE, type(exc).__name__).inc()
                 self._count(self.by_topic.get(inbound.source.topic, "?"), "dead")

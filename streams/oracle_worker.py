@@ -56,7 +56,7 @@ from scoring.settings import ScoringSettings
 from streams.agents import Inbound
 from streams.app import batch_agent, build_app, faust_sender, faust_topic, register_assignment_log, run_faust
 from streams.dedupe import REDIS_UNAVAILABLE
-from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, build_dead_letter
+from streams.dlq import DEFAULT_MAX_PAYLOAD_BYTES, logged_dead_letter
 from streams.exceptions import StreamError
 from streams.kafka import ensure_topics
 from streams.metrics import WAITING_FOR_KAFKA, WAITING_FOR_REDIS, StreamMetrics, ready_when_started
@@ -196,12 +196,8 @@ class OracleRunner:
                     raise QueueItemError(f"no live package for filter {item.filter!r} in this worker",
                                          article_id=item.article_id)
             except Exception as exc:
-                log.info("dead letter", extra={"stage": STAGE, "error_type": type(exc).__name__,
-                                               "error": str(exc)[:300], "topic": inbound.source.topic,
-                                               "partition": inbound.source.partition,
-                                               "offset": inbound.source.offset})
-                dead = build_dead_letter(inbound.payload, inbound.source, STAGE, exc, worker=self.worker,
-                                         max_payload_bytes=self.max_payload_bytes)
+                dead = logged_dead_letter(inbound.payload, inbound.source, STAGE, exc, worker=self.worker,
+                                          max_payload_bytes=self.max_payload_bytes)
                 outbox.add(Message(self.topics.dlq.name, dead.key, dead.value, dead.headers))
                 self.metrics.dlq.labels(STAGE, type(exc).__name__).inc()
                 continue
