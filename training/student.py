@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from scoring.student import ADAPTER_CONFIG, head_name, load_base, model_max_length, pad_batch
+from scoring.models import pad_batch
+from scoring.student import ADAPTER_CONFIG, head_name, load_base, model_max_length
 from scoring.text import encode_head_tail
 from training.exceptions import TrainingDataError, TrainingError
 
