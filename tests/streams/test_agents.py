@@ -27,6 +27,7 @@ from streams.topics import Topics
 from streams.wire import decode_screened, encode, encode_screened, record_key_of
 from tests.hostile import DEEPEST, hostile_record, nest, valid_record
 from tests.integration.conftest import STREAM_FILTERS, redis_url, synthetic_articles
+from tests.streams.conftest import Sent
 
 pytestmark = pytest.mark.integration
 _n = itertools.count()
@@ -201,7 +202,6 @@ def test_an_escalation_that_forms_no_record_key_costs_itself_only(pipeline: Pipe
 
 # -- one bad record costs one record (the [hardening] findings) -----------------------------------------
 
-Sent = list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]
 
 
 def _tee(runner: StageRunner) -> Sent:

@@ -10,34 +10,19 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 
-from scoring.package import FilterPackage, load_package
+from scoring.package import FilterPackage
 from streams.agents import Inbound
 from streams.dlq import DeadLetterRecord, Source
 from streams.feedback import FeedbackRunner
 from streams.metrics import StreamMetrics
 from streams.settings import StreamSettings
 from streams.topics import Topics
+from tests.streams.conftest import Sent
 from training.labels import LabelStore
 
 pytestmark = pytest.mark.timeout(60)
-Sent = list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]
 
-
-@pytest.fixture
-def package(tmp_path: Path) -> FilterPackage:
-    pkg = tmp_path / "pkg" / "toy" / "1.0.0"
-    pkg.mkdir(parents=True)
-    config = {"name": "toy", "version": "1.0.0",
-              "dimensions": [{"name": "alpha", "weight": 0.5, "description": "how alpha"},
-                             {"name": "beta", "weight": 0.5, "description": "how beta"}],
-              "stage1": {"embedding_model": "unused", "probe": "probe.safetensors", "probe_meta": "probe.json",
-                         "threshold": 3.0},
-              "oracle_prompt": "prompt.md"}
-    (pkg / "filter.yaml").write_text(yaml.safe_dump(config))
-    (pkg / "prompt.md").write_text("Rate alpha and beta.")
-    return load_package(pkg)
 
 
 def _runner(package: FilterPackage, tmp_path: Path) -> tuple[FeedbackRunner, Sent, LabelStore]:

@@ -15,9 +15,8 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
-import yaml
 
-from scoring.package import FilterPackage, load_package
+from scoring.package import FilterPackage
 from streams.agents import Inbound
 from streams.dlq import DeadLetterRecord, Source
 from streams.metrics import StreamMetrics
@@ -25,6 +24,7 @@ from streams.oracle_worker import STATUS_HEADER, OracleRunner, RejectionMarks
 from streams.settings import StreamSettings
 from streams.topics import Topics
 from tests.integration.conftest import redis_url
+from tests.streams.conftest import Sent
 from training.labels import Label, LabelStore, Priority, QueueItem
 from training.oracle import Oracle, OracleSettings
 from training.oracle.fake import USAGE_IN, USAGE_OUT, OracleServer
@@ -33,22 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 KEY = "sk-test-worker-0123456789"
 KEY_ENV = "FLUXSCORE_TEST_ORACLE_KEY"
 _n = itertools.count()
-Sent = list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]
 
-
-@pytest.fixture
-def package(tmp_path: Path) -> FilterPackage:
-    pkg = tmp_path / "pkg" / "toy" / "1.0.0"
-    pkg.mkdir(parents=True)
-    config = {"name": "toy", "version": "1.0.0",
-              "dimensions": [{"name": "alpha", "weight": 0.5, "description": "how alpha"},
-                             {"name": "beta", "weight": 0.5, "description": "how beta"}],
-              "stage1": {"embedding_model": "unused", "probe": "probe.safetensors", "probe_meta": "probe.json",
-                         "threshold": 3.0},
-              "oracle_prompt": "prompt.md"}
-    (pkg / "filter.yaml").write_text(yaml.safe_dump(config))
-    (pkg / "prompt.md").write_text("Rate the article on alpha and beta, 0-10, as JSON.")
-    return load_package(pkg)
 
 
 @pytest.fixture

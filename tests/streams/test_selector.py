@@ -35,10 +35,10 @@ from streams.settings import StreamSettings
 from streams.topics import Topics
 from streams.wire import encode_screened
 from tests.integration.conftest import redis_url
+from tests.streams.conftest import Sent
 from training.labels import Label, LabelStore, QueueItem
 
 _n = itertools.count()
-Sent = list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]
 
 
 def _package(tmp_path: Path, **active_learning: Any) -> FilterPackage:
