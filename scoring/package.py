@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from scoring.exceptions import (
@@ -158,6 +159,8 @@ class Stage1(_Strict):
     probe_meta: str = Field(description="probe metadata (JSON), relative to the package")
     threshold: Score = Field(description="escalate to stage 2 iff the stage-1 weighted average >= this; "
                                          f"{STAGE1_FINAL:g} (the top of the range): stage 1 is final for all")
+    text_prefix: str = Field("", description="prepended to every text before embedding, e.g. 'passage: ' "
+                                             "for e5 encoders; training and serving both apply it")
 
     def escalates(self, estimate: float) -> bool:
         """Whether an article with this stage-1 weighted average goes to stage 2 (the one routing rule).
@@ -169,8 +172,15 @@ class Stage1(_Strict):
         False
         """
         return self.threshold < STAGE1_FINAL and estimate >= self.threshold
-    text_prefix: str = Field("", description="prepended to every text before embedding, e.g. 'passage: ' "
-                                             "for e5 encoders; training and serving both apply it")
+
+
+def escalation_mask(threshold: float, estimates: Any) -> np.ndarray:
+    """:meth:`Stage1.escalates` on an array of stage-1 estimates at ``threshold`` (training's sweeps and reports).
+
+    >>> escalation_mask(4.0, [3.9, 4.0]).tolist(), escalation_mask(STAGE1_FINAL, [10.0]).tolist()
+    ([False, True], [False])
+    """
+    return (np.asarray(estimates, dtype=np.float64) >= threshold) & (threshold < STAGE1_FINAL)
 
 
 class Stage2(_Strict):

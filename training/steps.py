@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from scoring.calibration import Calibration, Stage
-from scoring.package import FilterConfig, FilterPackage, load_package
+from scoring.package import FilterConfig, FilterPackage, escalation_mask, load_package
 from training import calibrate as calib
 from training import threshold as thr
 from training.dataset import SPLITS, LabelledSet, Prepared, load_split, prepare, write_prepared
@@ -674,8 +674,7 @@ def _routed(package: FilterPackage, estimates: np.ndarray, probe: np.ndarray, st
     """The calibrated scores the package serves: the student's where the estimate reaches the threshold."""
     if student is None or not package.has_stage2:
         return probe
-    escalated = np.asarray([package.config.stage1.escalates(float(e)) for e in estimates], dtype=bool)
-    return np.where(escalated[:, None], student, probe)
+    return np.where(escalation_mask(package.config.stage1.threshold, estimates)[:, None], student, probe)
 
 
 def _shares(tiers: Sequence[Any]) -> dict[str, float]:

@@ -35,7 +35,7 @@ import numpy as np
 
 from scoring.aggregate import Tier, aggregate
 from scoring.exceptions import PackageError
-from scoring.package import CONFIG_NAME, STAGE1_FINAL, FilterConfig, load_config
+from scoring.package import CONFIG_NAME, STAGE1_FINAL, FilterConfig, escalation_mask, load_config
 
 Method = Literal["empirical", "smoothed", "wilson"]
 METHODS: tuple[str, ...] = ("empirical", "smoothed", "wilson")
@@ -265,7 +265,7 @@ def routed_errors(config: FilterConfig, estimates: np.ndarray, threshold: float,
                   student: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """MAEs of probe only, student only, and the cascade at ``threshold`` (the student's scores where
     the stage-1 estimate reaches it), with the share of rows escalated."""
-    escalate = (np.asarray(estimates, dtype=np.float64) >= threshold) & (threshold < STAGE1_FINAL)
+    escalate = escalation_mask(threshold, estimates)
     routed = np.where(escalate[:, None], student, probe)
     out: dict[str, float] = {"n": float(len(target)), "escalated_share": _mean(escalate.astype(np.float64))}
     for name, pred in (("probe", probe), ("student", student), ("routed", routed)):
@@ -313,7 +313,7 @@ def gate_student(config: FilterConfig, estimates: np.ndarray, probe: np.ndarray,
     gain = p_dims - s_dims
 
     def result(decision: RoutingDecision, threshold: float, reason: str) -> Routing:
-        up = (est >= threshold) & (threshold < STAGE1_FINAL)
+        up = escalation_mask(threshold, est)
         return Routing(decision=decision, threshold=round(threshold, 4), fn_threshold=fn_threshold, reason=reason,
                        n=len(est), probe=probe_mae, student=student_mae, probe_dims=probe_dims,
                        student_dims=student_dims, escalated=int(up.sum()), escalated_probe_mae=_mean(p_dims[up]),
@@ -331,7 +331,7 @@ def gate_student(config: FilterConfig, estimates: np.ndarray, probe: np.ndarray,
     candidates = sorted({fn_threshold, *(math.floor(v * 1e4) / 1e4 for v in est[est >= fn_threshold])})
 
     def total_gain(t: float) -> float | None:
-        up = est >= t
+        up = escalation_mask(t, est)
         return float(gain[up].sum()) if up.sum() >= min_rows else None
 
     base = total_gain(fn_threshold)
