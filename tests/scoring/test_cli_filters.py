@@ -19,6 +19,17 @@ def _app() -> typer.Typer:
     return app
 
 
+def _column(root: Path, name: str) -> dict[str, str]:
+    """Each package's cell of one column of ``fluxscore filters list`` over the filters under ``root``."""
+    result = CliRunner().invoke(_app(), ["filters", "list"],
+                                env={"FLUXSCORE_FILTERS_PATH": str(root), "COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "package_hash" in line)
+    column = [c.strip() for c in header.split("┃")].index(name)
+    rows = [line.split("│") for line in result.output.splitlines() if line.count("│") > 5]
+    return {row[1].strip(): row[column].strip() for row in rows}
+
+
 def test_list_reports_tampered_unverified_and_escaping_packages(tmp_path: Path) -> None:
     root = tmp_path / "filters"
     tampered = root / "demo" / "1.0.0"
@@ -60,14 +71,8 @@ def test_list_says_whether_each_package_blocks_commerce(tmp_path: Path) -> None:
     config["prefilter"]["block_commerce"] = False
     (passing / "filter.yaml").write_text(yaml.safe_dump(config))
 
-    result = CliRunner().invoke(_app(), ["filters", "list"],
-                                env={"FLUXSCORE_FILTERS_PATH": str(root), "COLUMNS": "400"})
-    assert result.exit_code == 0, result.output
-    header = next(line for line in result.output.splitlines() if "package_hash" in line)
-    column = [c.strip() for c in header.split("┃")].index("commerce")
-    rows = {line.split("│")[1].strip(): line.split("│") for line in result.output.splitlines() if line.count("│") > 5}
-    assert rows["demo"][column].strip() == "blocks"
-    assert rows["demo_tech"][column].strip() == "passes"
+    cells = _column(root, "commerce")
+    assert (cells["demo"], cells["demo_tech"]) == ("blocks", "passes")
 
 
 def test_list_says_when_a_package_never_escalates_to_its_student(tmp_path: Path) -> None:
@@ -79,11 +84,5 @@ def test_list_says_when_a_package_never_escalates_to_its_student(tmp_path: Path)
     config["stage1"]["threshold"] = 10.0  # what `train threshold` writes for a student that did not earn it
     (gated / "filter.yaml").write_text(yaml.safe_dump(config))
 
-    result = CliRunner().invoke(_app(), ["filters", "list"],
-                                env={"FLUXSCORE_FILTERS_PATH": str(root), "COLUMNS": "400"})
-    assert result.exit_code == 0, result.output
-    header = next(line for line in result.output.splitlines() if "package_hash" in line)
-    column = [c.strip() for c in header.split("┃")].index("stage 2")
-    rows = {line.split("│")[1].strip(): line.split("│") for line in result.output.splitlines() if line.count("│") > 5}
-    assert rows["demo"][column].strip() == "yes"
-    assert rows["demo_tech"][column].strip() == "no (stage 1 final)"
+    cells = _column(root, "stage 2")
+    assert (cells["demo"], cells["demo_tech"]) == ("yes", "no (stage 1 final)")
